@@ -1,0 +1,3 @@
+from rsa.cli import run
+
+run()

@@ -1,0 +1,1 @@
+"""Synthetic RSA phantom: cage geometry, stereo radiograph simulator and ground truth (DESIGN §5)."""
