@@ -1,0 +1,472 @@
+"""Batched least-squares rigid-body fit and marker-configuration quality (DESIGN §3.5).
+
+All functions take bead coordinates ``(..., N, 3)`` in mm with any number of leading batch
+dimensions (bodies, exams, ...). Missing beads are NaN rows; they are given zero weight and never
+dropped, so bead indices stay labels.
+
+Public API
+----------
+- :class:`Pose` — rigid transformation ``y = R x + t``, batched, immutable.
+- :func:`fit_rigid` → :class:`RigidFit` (a :class:`Pose` plus fit diagnostics: residuals, ME).
+- :func:`condition_number` — CN of a bead configuration (Söderkvist & Wedin; RSA scaling).
+- :func:`distance_stability` → :class:`DistanceStability` (inter-bead distance changes).
+- :func:`screen_unstable` → :class:`UnstableScreen` (iterative exclusion of unstable beads).
+
+References
+----------
+.. [1] I. Söderkvist, P.-Å. Wedin, "Determining the movements of the skeleton using
+   well-configured markers", J. Biomech. 26(12):1473–1477, 1993.
+.. [2] ISO 16087:2013, Implants for surgery — Roentgen stereophotogrammetric analysis for the
+   assessment of migration of orthopaedic implants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from rsa._rigid_pose import Pose
+from rsa._validate import as_points, readonly
+from rsa.errors import EstimationError, ShapeError
+
+__all__ = [
+    "DistanceStability",
+    "Pose",
+    "RigidFit",
+    "UnstableScreen",
+    "condition_number",
+    "distance_stability",
+    "fit_rigid",
+    "screen_unstable",
+]
+
+#: Relative size σ2(C)/σ1(C) of the cross-covariance below which the valid beads are collinear.
+#: σ(C) scales with the square of the bead spread, so 1e-12 ≈ beads within ~1e-6 of the
+#: configuration size from a common line.
+_COLLINEAR_TOL = 1e-12
+
+
+def _index_text(shape: tuple[int, ...], flat: int) -> str:
+    """Human-readable batch index for error messages ('' for unbatched input)."""
+    if not shape:
+        return ""
+    return f"batch index {tuple(int(i) for i in np.unravel_index(flat, shape))}: "
+
+
+# --------------------------------------------------------------------------------------------
+# Rigid fit
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class RigidFit(Pose):
+    """Least-squares rigid fit ``y ≈ R x + t`` with fit diagnostics (see :func:`fit_rigid`).
+
+    Attributes
+    ----------
+    rotation : (..., 3, 3) ndarray
+    translation : (..., 3) ndarray, mm
+    residuals_mm : (..., N) ndarray
+        ‖R xᵢ + t − yᵢ‖ for every bead with finite x and y (also zero-weight ones); NaN for
+        missing beads.
+    mean_error_mm : (...) ndarray
+        ME: mean residual over the beads used in the fit (valid, weight > 0).
+    n_used : (...) ndarray of int
+        Number of beads used in the fit.
+    centroid_mm : (..., 3) ndarray
+        Weighted centroid x̄ of the used reference beads (default point for segment motion).
+    """
+
+    residuals_mm: np.ndarray
+    mean_error_mm: np.ndarray
+    n_used: np.ndarray
+    centroid_mm: np.ndarray
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("residuals_mm", "mean_error_mm", "n_used", "centroid_mm"):
+            object.__setattr__(self, name, readonly(np.asarray(getattr(self, name))))
+
+
+def _prepare_weights(weights: ArrayLike | None, shape: tuple[int, ...]) -> np.ndarray:
+    if weights is None:
+        return np.ones(shape)
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"Expected `weights` to be a numeric array (..., N): {exc}") from None
+    try:
+        w = np.broadcast_to(w, shape)
+    except ValueError:
+        raise ShapeError(
+            f"Expected `weights` to broadcast to (..., N) = {shape}, got {w.shape}."
+        ) from None
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ShapeError("Expected `weights` to be finite and non-negative.")
+    return w
+
+
+def _broadcast_pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate two bead arrays (..., N, 3) and broadcast their batch dimensions."""
+    x = as_points(x, "x", min_ndim=2)
+    y = as_points(y, "y", min_ndim=2)
+    if x.shape[-2] != y.shape[-2]:
+        raise ShapeError(
+            f"Expected `x` and `y` to have the same number of beads N, got {x.shape[-2]} and "
+            f"{y.shape[-2]} (shapes {x.shape} and {y.shape})."
+        )
+    try:
+        batch = np.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    except ValueError:
+        raise ShapeError(
+            f"Expected `x` and `y` to have broadcastable batch shapes, got {x.shape} and {y.shape}."
+        ) from None
+    n = x.shape[-2]
+    return np.broadcast_to(x, (*batch, n, 3)), np.broadcast_to(y, (*batch, n, 3))
+
+
+def _fit_core(x: np.ndarray, y: np.ndarray, w: np.ndarray):
+    """Unchecked weighted Söderkvist–Wedin fit; `w` is zero for missing beads (x, y zero-filled).
+
+    Returns R, t, x̄, singular values of C.
+    """
+    wsum = w.sum(axis=-1)[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = np.einsum("...n,...ni->...i", w, x) / wsum
+        ym = np.einsum("...n,...ni->...i", w, y) / wsum
+    A = x - xm[..., None, :]
+    B = y - ym[..., None, :]
+    C = np.einsum("...ni,...nj->...ij", B * w[..., None], A)  # C = Bᵀ W A
+    C = np.nan_to_num(C, nan=0.0)
+    P, S, Qt = np.linalg.svd(C)
+    d = np.sign(np.linalg.det(P) * np.linalg.det(Qt))
+    d = np.where(d == 0, 1.0, d)
+    R = np.matmul(P * np.stack([np.ones_like(d), np.ones_like(d), d], axis=-1)[..., None, :], Qt)
+    t = ym - np.einsum("...ij,...j->...i", R, xm)
+    return R, t, xm, S
+
+
+def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -> RigidFit:
+    """Weighted least-squares rigid-body fit ``y ≈ R x + t`` (Söderkvist & Wedin), batched.
+
+    Minimises Σ wᵢ ‖R xᵢ + t − yᵢ‖² over proper rotations R (det +1) and translations t:
+    x̄, ȳ weighted means; A = x − x̄, B = y − ȳ; C = Bᵀ W A = P Σ Qᵀ (SVD);
+    R = P diag(1, 1, det(P Qᵀ)) Qᵀ; t = ȳ − R x̄ [1]_. The det correction keeps R proper also
+    for coplanar beads, where the unconstrained orthogonal solution may be a reflection.
+
+    Parameters
+    ----------
+    x : (..., N, 3) array_like
+        Bead positions in the reference exam / model, mm. NaN rows = missing beads.
+    y : (..., N, 3) array_like
+        The same beads (same order) in the other exam, mm. Batch shapes of `x` and `y`
+        broadcast, so one reference ``(N, 3)`` can be fitted to many exams ``(E, N, 3)``.
+    weights : (..., N) array_like, optional
+        Non-negative bead weights (default 1). Beads with NaN in `x` or `y` get weight 0.
+
+    Returns
+    -------
+    RigidFit
+        rotation (..., 3, 3), translation (..., 3), residuals_mm (..., N), mean_error_mm (...),
+        n_used (...), centroid_mm (..., 3).
+
+    Raises
+    ------
+    ShapeError
+        Wrong shapes, different N in `x` and `y`, invalid weights.
+    EstimationError
+        Fewer than 3 usable beads, or collinear usable beads, in any batch element (the message
+        names the first offending batch index).
+
+    Notes
+    -----
+    ME (mean error of rigid-body fitting, ISO 16087 [2]_) is the mean of ‖R xᵢ + t − yᵢ‖ over the
+    used beads. One batched ``np.linalg.svd`` on (..., 3, 3); no Python loops.
+    """
+    x, y = _broadcast_pair(x, y)
+    batch, n = x.shape[:-2], x.shape[-2]
+    w = _prepare_weights(weights, (*batch, n))
+    finite = np.isfinite(x).all(axis=-1) & np.isfinite(y).all(axis=-1)
+    used = finite & (w > 0)
+    w = np.where(used, w, 0.0)
+    x0 = np.where(finite[..., None], x, 0.0)
+    y0 = np.where(finite[..., None], y, 0.0)
+    n_used = used.sum(axis=-1)
+
+    few = n_used < 3
+    if np.any(few):
+        k = int(np.flatnonzero(few.ravel())[0])
+        raise EstimationError(
+            f"{_index_text(batch, k)}{int(n_used.ravel()[k])} valid beads, need ≥ 3 "
+            "for a rigid fit."
+        )
+    R, t, xm, S = _fit_core(x0, y0, w)
+    collinear = S[..., 1] <= _COLLINEAR_TOL * S[..., 0]
+    if np.any(collinear):
+        k = int(np.flatnonzero(collinear.ravel())[0])
+        raise EstimationError(
+            f"{_index_text(batch, k)}the {int(n_used.ravel()[k])} valid beads are collinear "
+            "(or coincident); a rigid fit needs non-collinear beads."
+        )
+    res = np.linalg.norm(np.matmul(x0, np.swapaxes(R, -1, -2)) + t[..., None, :] - y0, axis=-1)
+    me = np.where(used, res, 0.0).sum(axis=-1) / n_used
+    res = np.where(finite, res, np.nan)
+    return RigidFit(R, t, res, me, n_used, xm)
+
+
+# --------------------------------------------------------------------------------------------
+# Condition number
+# --------------------------------------------------------------------------------------------
+
+
+def condition_number(x: ArrayLike, *, weights: ArrayLike | None = None) -> np.ndarray:
+    """Condition number (CN) of a bead configuration, as reported in RSA, batched.
+
+    ``CN = 1000 / sqrt(σ2² + σ3²)``, where σ1 ≥ σ2 ≥ σ3 are the singular values of the centred
+    bead coordinates A = x − x̄ (mm), i.e. σ2² + σ3² is the summed squared distance of the beads
+    from their best-fit line. The factor 1000 expresses ``1/sqrt(σ2² + σ3²)`` per metre for
+    coordinates in mm.
+
+    Parameters
+    ----------
+    x : (..., N, 3) array_like
+        Bead positions (usually the reference exam), mm. NaN rows are ignored.
+    weights : (..., N) array_like, optional
+        Non-negative bead weights; A is then ``W^½ (x − x̄_w)`` (default: all 1, the usual CN).
+
+    Returns
+    -------
+    cn : (...) ndarray
+        Dimensionless number (m⁻¹ with mm input); ``inf`` when the valid beads are collinear
+        (σ2² + σ3² ≤ 64 ε σ1²) or fewer than 3 are valid. Never warns.
+
+    Notes
+    -----
+    Source and verification. Söderkvist & Wedin [1]_ (and Söderkvist, BIT 33:1993) show that the
+    sensitivity of the rotation to bead errors is governed by ``1/sqrt(σ2² + σ3²)`` of the centred
+    configuration; the marker configuration is "well-configured" when this is small. The RSA
+    scaling — ``1000 · 1/sqrt(σ2² + σ3²)`` with coordinates in mm — was verified against the
+    public MATLAB implementation ``procrustes.m`` (N. Börlin, Umeå University, v1.1 2000:
+    ``cond2 = 1000/sqrt(sum(s(2:end).^2))`` with ``s = svd(A)``), written by an author of the
+    UmRSA software. It reproduces the magnitudes reported in the RSA literature (typically
+    20–150, upper limit 100–150 [2]_): six beads spread ±10 mm per axis give CN ≈ 30. The text of
+    ISO 16087 Annex A itself could not be consulted; treat the literature limit as applicable
+    only insofar as the reader's software uses this same definition.
+
+    Scaling: σₖ² = N · varₖ, so for the same spatial spread CN falls like 1/√N with more beads,
+    and CN scales as 1/length (doubling the spread halves CN). For beads at ±a on the three axes
+    (octahedron, N = 6) σ1² = σ2² = σ3² = 2a², so CN = 1000 / (2a).
+    """
+    x = as_points(x, "x", min_ndim=2)
+    batch, n = x.shape[:-2], x.shape[-2]
+    w = _prepare_weights(weights, (*batch, n))
+    valid = np.isfinite(x).all(axis=-1) & (w > 0)
+    w = np.where(valid, w, 0.0)
+    x0 = np.where(valid[..., None], x, 0.0)
+    wsum = w.sum(axis=-1)[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = np.einsum("...n,...ni->...i", w, x0) / wsum
+    A = np.where(valid[..., None], x0 - np.nan_to_num(xm)[..., None, :], 0.0)
+    M = np.einsum("...ni,...nj->...ij", A * w[..., None], A)  # AᵀWA, eigenvalues σᵢ²
+    lam = np.clip(np.linalg.eigvalsh(M), 0.0, None)  # ascending: σ3², σ2², σ1²
+    off_line = lam[..., 0] + lam[..., 1]
+    degenerate = (off_line <= 64 * np.finfo(float).eps * lam[..., 2]) | (valid.sum(axis=-1) < 3)
+    with np.errstate(divide="ignore"):
+        cn = 1000.0 / np.sqrt(np.where(degenerate, 1.0, off_line))
+    return np.where(degenerate, np.inf, cn)
+
+
+# --------------------------------------------------------------------------------------------
+# Bead stability
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class DistanceStability:
+    """Change of inter-bead distances between two exams (see :func:`distance_stability`).
+
+    Attributes
+    ----------
+    mean_change_mm : (...) ndarray
+        Mean over valid bead pairs i < j of |‖xᵢ − xⱼ‖ − ‖yᵢ − yⱼ‖| (NaN if no valid pair).
+    per_bead_mm : (..., N) ndarray
+        For each bead, the mean of that quantity over its valid pairs (NaN for missing beads).
+    n_pairs : (...) ndarray of int
+        Number of valid pairs.
+    """
+
+    mean_change_mm: np.ndarray
+    per_bead_mm: np.ndarray
+    n_pairs: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("mean_change_mm", "per_bead_mm", "n_pairs"):
+            object.__setattr__(self, name, readonly(np.asarray(getattr(self, name))))
+
+
+def _pair_distances(p: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(p[..., :, None, :] - p[..., None, :, :], axis=-1)
+
+
+def _distance_change(change: np.ndarray, keep: np.ndarray):
+    """Per-bead and overall mean of `change` (..., N, N) over pairs of kept beads."""
+    n = keep.shape[-1]
+    pair = keep[..., :, None] & keep[..., None, :] & ~np.eye(n, dtype=bool)
+    c = np.where(pair, change, 0.0)
+    cnt = pair.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_bead = np.where(cnt > 0, c.sum(axis=-1) / cnt, np.nan)
+        total = cnt.sum(axis=-1)
+        mean = np.where(total > 0, c.sum(axis=(-1, -2)) / total, np.nan)
+    return per_bead, mean, total // 2
+
+
+def distance_stability(x: ArrayLike, y: ArrayLike) -> DistanceStability:
+    """Mean absolute change of inter-bead distances between two exams, batched.
+
+    A fit-free stability measure: for rigidly moving beads every distance ‖xᵢ − xⱼ‖ is preserved,
+    so |‖xᵢ − xⱼ‖ − ‖yᵢ − yⱼ‖| measures deformation / loose beads plus measurement noise. It is
+    deliberately named apart from ME (:attr:`RigidFit.mean_error_mm`), the mean residual of the
+    rigid-body fit.
+
+    Parameters
+    ----------
+    x, y : (..., N, 3) array_like
+        The same beads in two exams, mm; batch shapes broadcast. NaN rows are missing beads;
+        pairs involving them are skipped.
+
+    Returns
+    -------
+    DistanceStability
+        mean_change_mm (...), per_bead_mm (..., N), n_pairs (...).
+    """
+    x, y = _broadcast_pair(x, y)
+    keep = np.isfinite(x).all(axis=-1) & np.isfinite(y).all(axis=-1)
+    x0 = np.where(keep[..., None], x, 0.0)
+    y0 = np.where(keep[..., None], y, 0.0)
+    change = np.abs(_pair_distances(x0) - _pair_distances(y0))
+    per_bead, mean, n_pairs = _distance_change(change, keep)
+    per_bead = np.where(keep, per_bead, np.nan)
+    return DistanceStability(mean, per_bead, n_pairs)
+
+
+@dataclass(frozen=True, eq=False)
+class UnstableScreen:
+    """Result of :func:`screen_unstable`.
+
+    Attributes
+    ----------
+    exclude : (..., N) ndarray of bool
+        Beads to exclude from the fit (missing beads are not marked; they are excluded anyway).
+    reasons : tuple of str
+        One human-readable line per excluded bead, in exclusion order.
+    per_bead_change_mm : (..., N) ndarray
+        Mean inter-bead distance change of each bead before screening.
+    mean_error_before_mm, mean_error_after_mm : (...) ndarray
+        ME of the fit with all valid beads and with the remaining beads.
+    """
+
+    exclude: np.ndarray
+    reasons: tuple[str, ...]
+    per_bead_change_mm: np.ndarray
+    mean_error_before_mm: np.ndarray
+    mean_error_after_mm: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("exclude", "per_bead_change_mm", "mean_error_before_mm",
+                     "mean_error_after_mm"):
+            object.__setattr__(self, name, readonly(np.asarray(getattr(self, name))))
+
+
+def _masked_me(x0: np.ndarray, y0: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ME of the unchecked fit with weights `w`; inf where the subset is degenerate."""
+    R, t, _, S = _fit_core(x0, y0, w)
+    res = np.linalg.norm(np.matmul(x0, np.swapaxes(R, -1, -2)) + t[..., None, :] - y0, axis=-1)
+    cnt = (w > 0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        me = np.where(w > 0, res, 0.0).sum(axis=-1) / cnt
+    bad = (cnt < 3) | (S[..., 1] <= _COLLINEAR_TOL * S[..., 0])
+    return np.where(bad, np.inf, me)
+
+
+def screen_unstable(x: ArrayLike, y: ArrayLike, *, limit_mm: float = 0.35,
+                    min_beads: int = 3) -> UnstableScreen:
+    """Find beads that moved relative to the other beads of their segment (unstable beads).
+
+    Iterative, vectorised over batch elements and beads. In each round, for every bead still in
+    use, compute (a) its mean inter-bead distance change to the other beads in use (as in
+    :func:`distance_stability`) and (b) the leave-one-out ME, i.e. the ME of the rigid fit
+    without that bead (all N leave-one-out fits of all batch elements in one batched SVD).
+    Candidates are beads whose distance change exceeds `limit_mm`; of these the bead whose
+    removal gives the smallest leave-one-out ME is excluded, provided at least `min_beads` beads
+    remain. Rounds repeat until no batch element has a candidate (at most N − min_beads rounds).
+
+    Choosing among candidates by leave-one-out ME matters when one bead moved a lot: its
+    displacement then also raises the mean distance change of the stable beads (each shares one
+    pair with it), but only its own removal brings the fit back to noise level.
+
+    Parameters
+    ----------
+    x, y : (..., N, 3) array_like
+        The same beads in the reference and the follow-up exam, mm; NaN rows are missing beads.
+    limit_mm : float, default 0.35
+        Limit for a bead's mean inter-bead distance change. The default is the ME limit commonly
+        used in RSA (0.35 mm; Valstar et al. 2005 guideline, DESIGN §3.5) — configure it for
+        your study.
+    min_beads : int, default 3
+        Never exclude below this many beads (3 is the minimum for a rigid fit; use 4 to keep
+        redundancy for the residual check).
+
+    Returns
+    -------
+    UnstableScreen
+
+    Raises
+    ------
+    ShapeError
+        Wrong shapes, mismatched N, ``limit_mm <= 0`` or ``min_beads < 3``.
+    EstimationError
+        A batch element has fewer than 3 valid or only collinear beads to begin with.
+    """
+    if not np.isfinite(limit_mm) or limit_mm <= 0:
+        raise ShapeError(f"Expected `limit_mm` > 0, got {limit_mm}.")
+    if int(min_beads) != min_beads or min_beads < 3:
+        raise ShapeError(f"Expected `min_beads` to be an integer ≥ 3, got {min_beads}.")
+    fit = fit_rigid(x, y)  # validates shapes and the initial bead sets
+    x, y = _broadcast_pair(x, y)
+    batch, n = x.shape[:-2], x.shape[-2]
+    x, y = x.reshape(-1, n, 3), y.reshape(-1, n, 3)  # one flat batch axis internally
+    valid0 = np.isfinite(x).all(axis=-1) & np.isfinite(y).all(axis=-1)
+    keep = valid0.copy()
+    x0 = np.where(keep[..., None], x, 0.0)
+    y0 = np.where(keep[..., None], y, 0.0)
+    change = np.abs(_pair_distances(x0) - _pair_distances(y0))
+    initial_change = np.where(keep, _distance_change(change, keep)[0], np.nan)
+    not_self = ~np.eye(n, dtype=bool)
+    xl = np.broadcast_to(x0[:, None], (x0.shape[0], n, n, 3))
+    yl = np.broadcast_to(y0[:, None], (y0.shape[0], n, n, 3))
+    reasons: list[str] = []
+    for _ in range(max(n - min_beads, 0)):
+        per_bead, _, _ = _distance_change(change, keep)
+        me_now = _masked_me(x0, y0, keep.astype(float))
+        loo = _masked_me(xl, yl, (keep[..., None, :] & not_self).astype(float))  # (..., k, n)
+        room = keep.sum(axis=-1) - 1 >= min_beads
+        cand = keep & (per_bead > limit_mm) & np.isfinite(loo) & room[..., None]
+        act = cand.any(axis=-1)
+        if not np.any(act):
+            break
+        k = np.argmin(np.where(cand, loo, np.inf), axis=-1)
+        for b in np.flatnonzero(act):  # message text only, one line per excluded bead
+            kk = int(k[b])
+            reasons.append(
+                f"{_index_text(batch, b)}bead {kk}: mean inter-bead distance change "
+                f"{per_bead[b, kk]:.2f} mm > limit {limit_mm:.2f} mm; leave-one-out ME "
+                f"{me_now[b]:.2f} → {loo[b, kk]:.2f} mm"
+            )
+        keep[act, k[act]] = False
+    after = _masked_me(x0, y0, keep.astype(float))
+    return UnstableScreen((valid0 & ~keep).reshape(*batch, n), tuple(reasons),
+                          initial_change.reshape(*batch, n), fit.mean_error_mm,
+                          after.reshape(batch))
