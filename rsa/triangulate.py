@@ -15,8 +15,10 @@ References
        assessment of migration of orthopaedic implants (crossing-line error, CLE).
 .. [2] Valstar ER, Gill R, Ryd L, Flivik G, Börlin N, Kärrholm J. Guidelines for standardization of
        radiostereometry (RSA) of implants. Acta Orthop 2005;76(4):563–572.
-.. [3] Hartley R, Zisserman A. Multiple View Geometry in Computer Vision, 2nd ed., 2004,
-       §12.2 (midpoint method) and §9.1 (epipolar geometry).
+.. [3] Hartley RI, Sturm P. Triangulation. Comput Vis Image Underst 1997;68(2):146–157
+       (midpoint method).
+.. [4] Hartley R, Zisserman A. Multiple View Geometry in Computer Vision, 2nd ed., 2004,
+       §9.1 (epipolar geometry).
 """
 
 from __future__ import annotations
@@ -146,14 +148,16 @@ def intersect_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike,
     -----
     With unit directions, w = o₁ − o₂, b = d₁·d₂, e₁ = d₁·w, e₂ = d₂·w and den = 1 − b²: the
     closest points are o₁ + s d₁ and o₂ + t d₂ with s = (b e₂ − e₁)/den, t = (e₂ − b e₁)/den
-    (DESIGN §3.2; [3]_ §12.2). The points are lines, not half-lines: s or t may be negative.
+    (DESIGN §3.2; the midpoint method of [2]_). The rays are treated as full lines (s or t may
+    be negative).
     Near-parallel pairs (den < 1e-12, i.e. angle below 1 µrad), zero-length directions and rays
     with NaN or inf components give NaN point and NaN CLE, without RuntimeWarnings and never inf.
 
     References
     ----------
     .. [1] ISO 16087:2013, crossing-line error.
-    .. [3] Hartley R, Zisserman A. Multiple View Geometry in Computer Vision, 2nd ed., §12.2.
+    .. [2] Hartley RI, Sturm P. Triangulation. Comput Vis Image Underst 1997;68(2):146–157
+           (midpoint method).
     """
     return _intersect_core(*_rays_args(o1, d1, o2, d2))
 
@@ -256,16 +260,21 @@ def _lines_solve(o: np.ndarray, d: np.ndarray, w: np.ndarray,
     wd = w[..., None] * d
     A = -np.einsum("...ki,...kj->...ij", wd, d)
     A[..., [0, 1, 2], [0, 1, 2]] += W[..., None]
-    # Σ w (I − d dᵀ) o = Σ w o − Σ w d (d·o)
-    b = np.einsum("...k,...ki->...i", w, o) - np.einsum("...ki,...k->...i", wd,
-                                                           np.einsum("...ki,...ki->...k", d, o))
     with np.errstate(invalid="ignore", divide="ignore"):
         crit = 4.0 * np.linalg.det(A) / W**3
+        # Work relative to the weighted centroid c of the origins (better conditioned when the
+        # lines are far from the coordinate origin): A (X − c) = Σ w (I − d dᵀ)(o − c), and
+        # Σ w (o − c) = 0 leaves b = −Σ w d (d·(o − c)).
+        c = np.einsum("...k,...ki->...i", w, o) / W[..., None]
     degenerate = ~(crit >= PARALLEL_TOL)  # also W == 0 (NaN) and < 2 valid lines (crit = 0)
+    c[degenerate] = 0.0
+    oc = o - c[..., None, :]
+    b = -np.einsum("...ki,...k->...i", wd, np.einsum("...ki,...ki->...k", d, oc))
     if degenerate.any():
         A[degenerate] = np.eye(3)
         b[degenerate] = np.nan
     x = np.linalg.solve(A, b[..., None])[..., 0]
+    x += c
     return x, degenerate
 
 
@@ -289,8 +298,10 @@ def closest_point_to_lines(origins: ArrayLike, directions: ArrayLike, *,
         Line directions; need not be unit length (they are normalised). Batch dimensions of
         `origins` and `directions` broadcast; K must be equal.
     weights : (..., K) array_like, optional
-        Non-negative weight of each line (default 1). Lines with a NaN origin or direction are
-        missing and get weight 0 (their residual is NaN).
+        Non-negative weight of each line (default 1); only relative weights matter, a weight
+        of n acts like the line repeated n times. Lines with a NaN origin or direction are
+        missing and get weight 0 (their residual is NaN); a finite line given weight 0 does not
+        influence the point but still gets its residual.
     return_residuals : bool, optional
         Also return the distance of the solution to each line.
 
@@ -319,7 +330,7 @@ def closest_point_to_lines(origins: ArrayLike, directions: ArrayLike, *,
 
     References
     ----------
-    .. [1] Hartley R, Zisserman A. Multiple View Geometry in Computer Vision, 2nd ed., §12.2.
+    .. [1] Hartley RI, Sturm P. Triangulation. Comput Vis Image Underst 1997;68(2):146–157.
     .. [2] Börlin N. Comparison of resection–intersection algorithms and projection geometries
            in radiostereometry. ISPRS J Photogramm Remote Sens 2002;56:390–400.
     """
@@ -426,9 +437,9 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
     o2, d2 : (nB, 3) array_like
         Same for view B.
     gate_mm : float, optional
-        Largest CLE for which two rays may be paired. The default 0.5 mm is a common RSA
-        acceptance limit for a calibrated uniplanar set-up (cf. DESIGN §3.3); pairs above it are
-        never assigned.
+        Largest CLE for which two rays may be paired (default 0.5 mm, the project default of
+        DESIGN §3.3; it should exceed the CLE of true pairs, which is set by calibration and
+        bead-centre errors). Pairs above it are never assigned.
 
     Returns
     -------
@@ -444,11 +455,19 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
     unmatched.
 
     Two beads lying in the same epipolar plane (the plane through both foci) project to rays
-    that are all coplanar, so the wrong pairings also have CLE ≈ 0 ([3]_ §9.1). Such
+    that are all coplanar, so the wrong pairings also have CLE ≈ 0 ([1]_ §9.1). Such
     correspondences cannot be decided from two views; they are flagged in `ambiguous` with their
     competing pairs in `alternatives`.
+
+    References
+    ----------
+    .. [1] Hartley R, Zisserman A. Multiple View Geometry in Computer Vision, 2nd ed., 2004,
+           §9.1 (epipolar geometry).
     """
-    gate = float(gate_mm)
+    try:
+        gate = float(gate_mm)
+    except (TypeError, ValueError):
+        gate = np.nan
     if not np.isfinite(gate) or gate < 0:
         raise ShapeError(f"Expected `gate_mm` to be a finite non-negative number, got {gate_mm}.")
     for v, n, ndims in ((o1, "o1", (1, 2)), (d1, "d1", (2,)), (o2, "o2", (1, 2)),

@@ -190,6 +190,23 @@ def test_closest_point_lines_through_known_point(seed, k):
     assert np.all(res < 1e-8)
 
 
+@given(seed=st.integers(0, 2**32 - 1), shift=vec3, scale=st.sampled_from([1.0, 1e2, 1e4]))
+def test_closest_point_rigid_invariance(seed, shift, scale):
+    """Rotating and translating the lines (far from the origin too) moves the point rigidly."""
+    rng = np.random.default_rng(seed)
+    o = rng.normal(scale=100.0, size=(6, 3))
+    d = rng.normal(size=(6, 3))
+    w = rng.uniform(0.2, 2.0, 6)
+    R = Rotation.random(random_state=rng).as_matrix()
+    t = scale * 100.0 * shift
+    x, res = closest_point_to_lines(o, d, weights=w, return_residuals=True)
+    y, res2 = closest_point_to_lines(o @ R.T + t, d @ R.T, weights=w, return_residuals=True)
+    # Rounding of coordinates of size |t| ≲ 1.7e6 mm: ~|t|·eps ≈ 4e-10 mm, times conditioning.
+    tol = 1e-9 * (1.0 + np.linalg.norm(t) / 100.0)
+    np.testing.assert_allclose(y, x @ R.T + t, rtol=0, atol=tol)
+    np.testing.assert_allclose(res2, res, rtol=0, atol=tol)
+
+
 def test_closest_point_two_lines_equals_intersect_rays(rng):
     o1, d1, o2, d2 = rng.normal(scale=50.0, size=(4, 30, 3))
     p, cle = intersect_rays(o1, d1, o2, d2)
