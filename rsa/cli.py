@@ -55,3 +55,38 @@ def run() -> None:  # pragma: no cover - console entry used by `python -m rsa`
     except RsaError as exc:
         typer.echo(f"rsa: error: {exc}", err=True)
         sys.exit(2)
+
+
+@app.command()
+def phantom(
+    out_dir: str = typer.Argument(..., help="Directory to write the study into."),
+    setup: str = typer.Option("uniplanar", "--setup", help="Cage set-up: uniplanar or biplanar."),
+    variant: str = typer.Option(
+        "implant", "--variant",
+        help="implant (knee: tibial component vs tibia), spine (L4 vs L5), or a .toml definition."),
+    seed: int = typer.Option(0, "--seed", help="Seed of everything; same seed, same files."),
+    side_by_side: bool = typer.Option(
+        False, "--side-by-side", help="One DICOM per exam holding both views (left A, right B)."),
+    monochrome1: bool = typer.Option(False, "--monochrome1", help="Write MONOCHROME1 images."),
+) -> None:
+    """Simulate a phantom RSA study: DICOM radiographs, study.toml manifest and truth.json."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rsa.synthetic.study import write_study
+
+    try:
+        with Progress(TextColumn("{task.description:<32}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                      transient=False) as bar:
+            task = bar.add_task("phantom", total=None)
+
+            def report(done: int, total: int, message: str) -> None:
+                bar.update(task, completed=done, total=total, description=message)
+
+            path = write_study(out_dir, setup=setup, seed=seed, variant=variant,
+                               side_by_side=side_by_side,
+                               photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2",
+                               progress=report)
+    except RsaError as exc:
+        fail(exc)
+    typer.echo(f"Wrote phantom study to {path} (manifest study.toml, ground truth truth.json).")
