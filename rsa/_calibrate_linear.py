@@ -53,8 +53,10 @@ def to_h(x: np.ndarray) -> np.ndarray:
 
 
 def from_h(xh: np.ndarray) -> np.ndarray:
-    """Divide (..., d+1) homogeneous points by their last coordinate."""
-    return xh[..., :-1] / xh[..., -1:]
+    """Divide (..., d+1) homogeneous points by their last coordinate (NaN at infinity)."""
+    w = xh[..., -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(w != 0, xh[..., :-1] / np.where(w != 0, w, 1.0), np.nan)
 
 
 def apply_h(H: np.ndarray, x: np.ndarray) -> np.ndarray:

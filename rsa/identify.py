@@ -141,6 +141,11 @@ def _match(pred: np.ndarray, tree: cKDTree, gate: float) -> tuple[np.ndarray, np
     return m, idx[m], dist[m]
 
 
+def _finite(x: np.ndarray) -> np.ndarray:
+    """Non-finite query points moved far away (they then match nothing)."""
+    return np.nan_to_num(x, nan=1e12, posinf=1e12, neginf=1e12)
+
+
 def _knn_pairs(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Directed pairs (i, j): j among the k nearest neighbours of i."""
     k = min(k, x.shape[0] - 1)
@@ -178,7 +183,7 @@ def _best_similarities(q: np.ndarray, p: np.ndarray, tree: cKDTree, gate: float,
         return []
     qc = q[:, 0] + 1j * q[:, 1]
     pred = z[:, None] * qc[None, :] + t[:, None]
-    d, _ = tree.query(np.stack([pred.real, pred.imag], -1).reshape(-1, 2),
+    d, _ = tree.query(_finite(np.stack([pred.real, pred.imag], -1).reshape(-1, 2)),
                       distance_upper_bound=gate)
     d = d.reshape(pred.shape)
     hit = np.isfinite(d)
@@ -251,7 +256,7 @@ def _find_controls(Hpi, frame, F0, Xc, p, free, *, max_offset, gate_px, cle_gate
     if Fh.shape[0] == 0:
         return None
     pred = _predict_controls(Fh, Xc, frame, Hpi)
-    d, _ = tree.query(pred.reshape(-1, 2), distance_upper_bound=3 * gate_px)
+    d, _ = tree.query(_finite(pred.reshape(-1, 2)), distance_upper_bound=3 * gate_px)
     d = d.reshape(pred.shape[:2])
     hit = np.isfinite(d)
     score = hit.sum(1) - np.where(hit, d, 0.0).sum(1) / (3 * gate_px * Xc.shape[0] + 1.0)
@@ -282,7 +287,7 @@ def _handedness(H_found: np.ndarray, H_nominal: np.ndarray, x0: np.ndarray) -> f
 # --------------------------------------------------------------------------------------------
 def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: ArrayLike,
                      image_shape: tuple[int, int], gate_px: float = 3.0,
-                     max_focus_offset_mm: float = 200.0, max_shift_mm: float = 80.0,
+                     max_focus_offset_mm: float = 300.0, max_shift_mm: float = 80.0,
                      max_rotation_deg: float = 15.0,
                      scale_range: tuple[float, float] = (0.8, 1.25), min_fiducials: int = 6,
                      min_controls: int = 4, min_fraction: float = 0.5,
@@ -307,8 +312,8 @@ def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: Arr
         taken for a hidden marker only if it lies within 0.3 mm of where the marker would be).
     max_focus_offset_mm : float, optional
         How far the real focus may lie from the nominal one (cage file), mm; it bounds the
-        parallax window of the control markers. Default 200 mm covers a tube centimetres off its
-        nominal position plus a ±5° rotated cage at 1–1.5 m focus distance.
+        parallax window of the control markers. Default 300 mm covers a tube 15 cm off its
+        nominal position plus a ±5° rotated cage (≈ 120 mm at 1.4 m focus distance).
     max_shift_mm : float, optional
         Largest shift of the fiducial pattern's centre in the image from its nominal position,
         mm on the detector (default 80: a ±20 mm shifted cage turned by 5° about a centre up to
@@ -378,6 +383,8 @@ def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: Arr
     kw = {"scale_range": scale_range, "max_rot": np.radians(max_rotation_deg),
           "max_shift_px": max_shift_mm / float(sp.mean())}
 
+    collinear = [0]  # largest seed match whose fiducials lie on a line
+
     def candidates(models: list[np.ndarray]) -> list:
         out, seen = [], []
         for qm in models:
@@ -385,6 +392,9 @@ def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: Arr
                 pred = z * (qm[:, 0] + 1j * qm[:, 1]) + t
                 m, b, _ = _match(np.stack([pred.real, pred.imag], -1), tree, gate_c)
                 if m.size < 4:
+                    continue
+                if lin.spread_ratio(xf[m]) < lin.SPREAD_TOL:
+                    collinear[0] = max(collinear[0], m.size)
                     continue
                 g = _grow_homography(xf, p, tree, m, b, [gate_c, gate_c / 2, 3 * gate_px])
                 if g is not None and not any(set(g[2]) == s for s in seen):
@@ -416,11 +426,12 @@ def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: Arr
         if best is None or key > (best["n_f"] + best["n_c"], -best["rms"]):
             best = res
 
-    if best is not None and best["P"] is not None:
+    n_f = 0 if best is None else best["n_f"]
+    need_f = max(min_fiducials, 4, int(np.ceil(min_fraction * exp_f)))
+    if n_f >= need_f and best["P"] is not None:  # count expected markers with the found view
         exp_f = int(inside(lin.project(best["P"], Xf)).sum())
         exp_c = int(inside(lin.project(best["P"], Xc)).sum()) if ctl.size else 0
-    need_f = max(min_fiducials, 4, int(np.ceil(min_fraction * exp_f)))
-    n_f = 0 if best is None else best["n_f"]
+        need_f = max(min_fiducials, 4, int(np.ceil(min_fraction * exp_f)))
     H0 = lin.fit_homography(xf, q)
     if n_f < need_f:
         # Before blaming the cage: would a left-right or up-down flipped image fit?
@@ -429,6 +440,11 @@ def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: Arr
         flipped = [g for g in candidates([q_lr, q_ud]) if g[1].size >= need_f]
         if any(_handedness(g[0], H0, xf.mean(0)) < 0 for g in flipped):
             _mirrored(view, max(g[1].size for g in flipped), exp_f)
+        if collinear[0] >= max(n_f, min_fiducials):
+            raise CalibrationError(
+                f"view {view}: the {collinear[0]} fiducials found lie (nearly) on a line "
+                f"(collinear), {n_f} of {exp_f} otherwise; the fiducial-plane homography needs "
+                "fiducials spread in two directions.")
         _too_few(view, "fiducials", n_f, exp_f, need_f)
     if _handedness(best["Hpi"], H0, xf.mean(0)) < 0:
         _mirrored(view, n_f, exp_f)
