@@ -127,3 +127,11 @@ class Pose:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(batch_shape={self.batch_shape})"
+
+
+def _trusted(cls, **fields):
+    """Build a frozen result without validation (internal, for arrays already checked)."""
+    obj = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(obj, name, readonly(np.asarray(value)))
+    return obj

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from rsa._rigid_pose import Pose
+from rsa._rigid_pose import Pose, _trusted
+from rsa._rigid_solver import optimal_rotation
 from rsa._validate import as_points, readonly
 from rsa.errors import EstimationError, ShapeError
 
@@ -130,22 +131,19 @@ def _broadcast_pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]
 def _fit_core(x: np.ndarray, y: np.ndarray, w: np.ndarray):
     """Unchecked weighted Söderkvist–Wedin fit; `w` is zero for missing beads (x, y zero-filled).
 
-    Returns R, t, x̄, singular values of C.
+    Returns R, t, x̄ and the collinearity mask (σ2(C) ≤ _COLLINEAR_TOL · σ1(C)).
     """
     wsum = w.sum(axis=-1)[..., None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        xm = np.einsum("...n,...ni->...i", w, x) / wsum
-        ym = np.einsum("...n,...ni->...i", w, y) / wsum
+        xm = np.matmul(w[..., None, :], x)[..., 0, :] / wsum
+        ym = np.matmul(w[..., None, :], y)[..., 0, :] / wsum
     A = x - xm[..., None, :]
     B = y - ym[..., None, :]
-    C = np.einsum("...ni,...nj->...ij", B * w[..., None], A)  # C = Bᵀ W A
+    C = np.matmul(np.swapaxes(B, -1, -2) * w[..., None, :], A)  # C = Bᵀ W A
     C = np.nan_to_num(C, nan=0.0)
-    P, S, Qt = np.linalg.svd(C)
-    d = np.sign(np.linalg.det(P) * np.linalg.det(Qt))
-    d = np.where(d == 0, 1.0, d)
-    R = np.matmul(P * np.stack([np.ones_like(d), np.ones_like(d), d], axis=-1)[..., None, :], Qt)
-    t = ym - np.einsum("...ij,...j->...i", R, xm)
-    return R, t, xm, S
+    R, collinear = optimal_rotation(C, _COLLINEAR_TOL)
+    t = ym - np.matmul(R, xm[..., None])[..., 0]
+    return R, t, np.nan_to_num(xm), collinear
 
 
 def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -> RigidFit:
@@ -187,6 +185,8 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -
     """
     x, y = _broadcast_pair(x, y)
     batch, n = x.shape[:-2], x.shape[-2]
+    if weights is None and n >= 3 and np.isfinite(x.sum() + y.sum()):
+        return _fit_all_valid(x, y, batch, n)  # common case: no missing beads, unit weights
     w = _prepare_weights(weights, (*batch, n))
     finite = np.isfinite(x).all(axis=-1) & np.isfinite(y).all(axis=-1)
     used = finite & (w > 0)
@@ -194,7 +194,6 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -
     x0 = np.where(finite[..., None], x, 0.0)
     y0 = np.where(finite[..., None], y, 0.0)
     n_used = used.sum(axis=-1)
-
     few = n_used < 3
     if np.any(few):
         k = int(np.flatnonzero(few.ravel())[0])
@@ -202,18 +201,64 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -
             f"{_index_text(batch, k)}{int(n_used.ravel()[k])} valid beads, need ≥ 3 "
             "for a rigid fit."
         )
-    R, t, xm, S = _fit_core(x0, y0, w)
-    collinear = S[..., 1] <= _COLLINEAR_TOL * S[..., 0]
-    if np.any(collinear):
-        k = int(np.flatnonzero(collinear.ravel())[0])
-        raise EstimationError(
-            f"{_index_text(batch, k)}the {int(n_used.ravel()[k])} valid beads are collinear "
-            "(or coincident); a rigid fit needs non-collinear beads."
-        )
+    R, t, xm, cm = _fit_core(x0, y0, w)
+    _check_collinear(cm, n_used, batch)
     res = np.linalg.norm(np.matmul(x0, np.swapaxes(R, -1, -2)) + t[..., None, :] - y0, axis=-1)
     me = np.where(used, res, 0.0).sum(axis=-1) / n_used
     res = np.where(finite, res, np.nan)
-    return RigidFit(R, t, res, me, n_used, xm)
+    return _trusted(RigidFit, rotation=R, translation=t, residuals_mm=res, mean_error_mm=me,
+                    n_used=n_used, centroid_mm=xm)
+
+
+def _check_collinear(collinear: np.ndarray, n_used, batch: tuple[int, ...]) -> None:
+    if np.any(collinear):
+        k = int(np.flatnonzero(collinear.ravel())[0])
+        nk = int(np.broadcast_to(n_used, collinear.shape).ravel()[k])
+        raise EstimationError(
+            f"{_index_text(batch, k)}the {nk} valid beads are collinear (or coincident); "
+            "a rigid fit needs non-collinear beads."
+        )
+
+
+#: Bodies per block in the all-valid fast path: keeps the ~100 temporaries of one block in the
+#: L2 cache (measured ~2× faster than one 10⁴-body block on the 2-core benchmark machine).
+_BLOCK = 2048
+
+
+def _fit_all_valid(x: np.ndarray, y: np.ndarray, batch, n: int) -> RigidFit:
+    """fit_rigid for finite beads with unit weights: no masks, vectorised in cache-sized blocks."""
+    x = x.reshape(-1, n, 3)
+    y = y.reshape(-1, n, 3)
+    m = x.shape[0]
+    R = np.empty((m, 3, 3))
+    t = np.empty((m, 3))
+    xm = np.empty((m, 3))
+    res = np.empty((m, n))
+    collinear = np.empty(m, dtype=bool)
+    avg = np.kron(np.full((n, 1), 1.0 / n), np.eye(3))  # (3N, 3): bead mean as one GEMM
+    x2, y2 = x.reshape(m, 3 * n), y.reshape(m, 3 * n)
+    for s in range(0, m, _BLOCK):  # loop over blocks of bodies, not over bodies
+        e = min(s + _BLOCK, m)
+        xb, yb = x[s:e], y[s:e]
+        xmb = x2[s:e] @ avg  # (b, 3); much faster than xb.mean(axis=-2) for small N
+        ymb = y2[s:e] @ avg
+        A = xb - xmb[:, None, :]
+        # C = Bᵀ A = yᵀ A because Σ aᵢ = 0 (saves centring y; the rounding error relative to C
+        # is ~ε‖ȳ‖/‖b‖, negligible for bead sets within metres of the origin).
+        Rb, collinear[s:e] = optimal_rotation(np.matmul(np.swapaxes(yb, -1, -2), A),
+                                              _COLLINEAR_TOL)
+        R[s:e] = Rb
+        t[s:e] = ymb - (Rb * xmb[:, None, :]).sum(axis=-1)
+        xm[s:e] = xmb
+        D = np.matmul(A, np.swapaxes(Rb, -1, -2))  # R xᵢ + t − yᵢ = R aᵢ + ȳ − yᵢ, in place
+        D += ymb[:, None, :]
+        D -= yb
+        res[s:e] = np.sqrt(np.einsum("bni,bni->bn", D, D))
+    _check_collinear(collinear.reshape(batch), n, batch)
+    return _trusted(RigidFit, rotation=R.reshape(*batch, 3, 3), translation=t.reshape(*batch, 3),
+                    residuals_mm=res.reshape(*batch, n),
+                    mean_error_mm=res.mean(axis=-1).reshape(batch), n_used=np.full(batch, n),
+                    centroid_mm=xm.reshape(*batch, 3))
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,12 +427,12 @@ class UnstableScreen:
 
 def _masked_me(x0: np.ndarray, y0: np.ndarray, w: np.ndarray) -> np.ndarray:
     """ME of the unchecked fit with weights `w`; inf where the subset is degenerate."""
-    R, t, _, S = _fit_core(x0, y0, w)
+    R, t, _, cm = _fit_core(x0, y0, w)
     res = np.linalg.norm(np.matmul(x0, np.swapaxes(R, -1, -2)) + t[..., None, :] - y0, axis=-1)
     cnt = (w > 0).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         me = np.where(w > 0, res, 0.0).sum(axis=-1) / cnt
-    bad = (cnt < 3) | (S[..., 1] <= _COLLINEAR_TOL * S[..., 0])
+    bad = (cnt < 3) | cm
     return np.where(bad, np.inf, me)
 
 
