@@ -199,11 +199,13 @@ def _req(d: dict, key: str, src: str, where: str) -> Any:
 
 
 def _sample_beads(rng: np.random.Generator, volumes: list[dict], keep_out: list[Capsule],
-                  min_spacing: float, src: str, name: str) -> np.ndarray:
-    """Beads uniformly in ellipsoids, ≥ `min_spacing` apart, ≥ 2 mm outside implant capsules,
-    redrawn until the configuration is well spread (σ3/σ1 ≥ 0.25 of the centred beads)."""
+                  avoid: list[np.ndarray], min_spacing: float, src: str,
+                  name: str) -> np.ndarray:
+    """Beads uniformly in ellipsoids, ≥ `min_spacing` apart (also from the `avoid` beads of
+    other segments), ≥ 2 mm outside implant capsules, redrawn until the configuration is well
+    spread (σ3/σ1 ≥ 0.25 of the centred beads)."""
     for _ in range(200):
-        pts = []
+        pts: list[np.ndarray] = []
         for vol in volumes:
             c = np.asarray(vol["centre_mm"], float)
             ax = np.asarray(vol["semi_axes_mm"], float)
@@ -215,7 +217,7 @@ def _sample_beads(rng: np.random.Generator, volumes: list[dict], keep_out: list[
                 if q @ q > 1:
                     continue
                 x = c + q * ax
-                if any(np.linalg.norm(x - y) < min_spacing for y in pts + got):
+                if any(np.linalg.norm(x - y) < min_spacing for y in avoid + pts + got):
                     continue
                 if any(_capsule_distance(cap, x) < cap.radius_mm + 2.0 for cap in keep_out):
                     continue
@@ -248,6 +250,7 @@ def _segments(defn: dict, src: str, centre: np.ndarray, rng: np.random.Generator
                      for c in sd.get("capsules", []))
         caps_by[sd["name"]] = caps
         caps_all += caps
+    avoid = [np.asarray(x, float) + centre for sd in segs_raw for x in sd.get("bead_xyz_mm", [])]
     out = []
     for i, sd in enumerate(segs_raw):
         name = _req(sd, "name", src, f"segments[{i}].")
@@ -260,8 +263,9 @@ def _segments(defn: dict, src: str, centre: np.ndarray, rng: np.random.Generator
         else:
             vols = [dict(v, centre_mm=np.add(v["centre_mm"], centre))
                     for v in _req(sd, "volumes", src, f"segments[{i}].")]
-            xyz = _sample_beads(rng, vols, caps_all, float(sd.get("min_spacing_mm", 8.0)),
+            xyz = _sample_beads(rng, vols, caps_all, avoid, float(sd.get("min_spacing_mm", 8.0)),
                                 src, name)
+            avoid += list(xyz)
         prefix = sd.get("id_prefix", name[:3].upper())
         ids = np.array([f"{prefix}{k + 1:02d}" for k in range(len(xyz))])
         diam = np.full(len(xyz), float(sd.get("diameter_mm", 1.0)))
