@@ -16,11 +16,11 @@ and the offending field.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +114,22 @@ class Cage:
 
 def _cage_dirs() -> list[Path]:
     """Directories holding the shipped cage files (installed package data, then a checkout)."""
+    return _data_dirs("rsa._cages", Path(__file__).resolve().parent.parent / "calibration")
+
+
+def _data_dirs(package: str, fallback: Path) -> list[Path]:
+    """Folders of the data-only (namespace) `package`, then `fallback` (a source checkout)."""
     dirs = []
-    with contextlib.suppress(ModuleNotFoundError, TypeError):  # no package-data mapping
-        dirs.append(Path(str(resources.files("rsa._cages"))))
-    dirs.append(Path(__file__).resolve().parent.parent / "calibration")
-    return [d for d in dirs if d.is_dir()]
+    with contextlib.suppress(ImportError, ValueError):  # no package-data mapping
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            dirs += [Path(p) for p in spec.submodule_search_locations]
+    dirs.append(fallback)
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
 
 
 def available_cages() -> list[str]:

@@ -24,10 +24,8 @@ from ``default_rng([seed, 1, i])``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from rsa._validate import readonly
-from rsa.cage import Cage, load_cage
+from rsa.cage import Cage, _data_dirs, load_cage
 from rsa.errors import InputError
 from rsa.synthetic.geometry import DetectorView, look_at_view
 from rsa.synthetic.render import Capsule
@@ -160,11 +158,7 @@ def rigid(rotvec_or_R: np.ndarray, t: np.ndarray, centre: np.ndarray | None = No
 
 # -- definition files -------------------------------------------------------------------------
 def _examples_dirs() -> list[Path]:
-    dirs = []
-    with contextlib.suppress(ModuleNotFoundError, TypeError):  # no package-data mapping
-        dirs.append(Path(str(resources.files("rsa._examples"))))
-    dirs.append(Path(__file__).resolve().parents[2] / "examples")
-    return [d for d in dirs if d.is_dir()]
+    return _data_dirs("rsa._examples", Path(__file__).resolve().parents[2] / "examples")
 
 
 def load_definition(variant_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
