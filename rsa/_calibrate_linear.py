@@ -209,7 +209,7 @@ def camera_from_params(theta: np.ndarray, R0: np.ndarray) -> np.ndarray:
     """Camera matrices (..., 3, 4) from pinhole parameters θ (..., 11) and R₀, vectorised."""
     theta = np.asarray(theta, float)
     batch = theta.shape[:-1]
-    R = Rotation.from_rotvec(theta.reshape(-1, N_PARAMS)[:, 3:6]).as_matrix().reshape(
+    R = Rotation.from_rotvec(np.array(theta.reshape(-1, N_PARAMS)[:, 3:6])).as_matrix().reshape(
         batch + (3, 3)) @ R0
     K = np.zeros(batch + (3, 3))
     K[..., 0, 0], K[..., 0, 1], K[..., 0, 2] = theta[..., 6], theta[..., 7], theta[..., 8]

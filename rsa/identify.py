@@ -290,7 +290,7 @@ def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: Arr
                      max_focus_offset_mm: float = 300.0, max_shift_mm: float = 80.0,
                      max_rotation_deg: float = 15.0,
                      scale_range: tuple[float, float] = (0.8, 1.25), min_fiducials: int = 6,
-                     min_controls: int = 4, min_fraction: float = 0.5,
+                     min_controls: int = 4, min_fraction: float = 0.4,
                      max_rms_px: float = 1.0) -> MarkerMatch:
     """Find the cage's fiducial and control markers among the detected beads of one view.
 
@@ -326,7 +326,9 @@ def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: Arr
         Absolute minimum numbers of identified fiducial (≥ 4 for a homography) and control
         markers (≥ 2 for a focus; 4 by default for a checkable estimate).
     min_fraction : float, optional
-        Minimum fraction of the markers expected in the image (by role) that must be identified.
+        Minimum fraction of the markers expected in the image (by role) that must be identified
+        (default 0.4: a third of the markers may be hidden by anatomy and implants, and random
+        hiding scatters around that).
     max_rms_px : float, optional
         Largest acceptable RMS reprojection distance of the identified markers (DLT fit), px.
 
@@ -427,11 +429,11 @@ def identify_markers(uv_px: ArrayLike, cage, *, view: str, pixel_spacing_mm: Arr
             best = res
 
     n_f = 0 if best is None else best["n_f"]
+    if best is not None:  # markers expected in the image: by the found view, not the nominal
+        exp_f = int(inside(lin.apply_h(best["Hpi"], xf)).sum())
+        if best["P"] is not None and ctl.size:
+            exp_c = int(inside(lin.project(best["P"], Xc)).sum())
     need_f = max(min_fiducials, 4, int(np.ceil(min_fraction * exp_f)))
-    if n_f >= need_f and best["P"] is not None:  # count expected markers with the found view
-        exp_f = int(inside(lin.project(best["P"], Xf)).sum())
-        exp_c = int(inside(lin.project(best["P"], Xc)).sum()) if ctl.size else 0
-        need_f = max(min_fiducials, 4, int(np.ceil(min_fraction * exp_f)))
     H0 = lin.fit_homography(xf, q)
     if n_f < need_f:
         # Before blaming the cage: would a left-right or up-down flipped image fit?
