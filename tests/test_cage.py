@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,14 @@ import pytest
 from rsa.cage import available_cages, load_cage
 from rsa.errors import InputError
 from rsa.synthetic.geometry import look_at_view
+
+
+def test_cages_are_package_data():
+    """The cage files are reachable as the data package ``rsa._cages`` (installed wheels)."""
+    spec = importlib.util.find_spec("rsa._cages")
+    assert spec is not None
+    locations = [Path(p) for p in spec.submodule_search_locations]
+    assert any((p / "uniplanar.json").is_file() for p in locations)
 
 
 def test_shipped_cages_load():
