@@ -23,6 +23,7 @@ from rsa.synthetic.render import (
     Capsule,
     RenderOptions,
     display_scale,
+    display_variance,
     render_expected,
     render_view,
 )
@@ -308,6 +309,7 @@ def test_flat_field_noise_matches_dose(photons, electronic):
     d = img.astype(float).ravel()
     k = display_scale(opt)[1]
     want = k**2 * (photons + electronic**2) / photons**2 + 1 / 12
+    assert display_variance(photons, opt) == pytest.approx(want)
     assert d.var(ddof=1) == pytest.approx(want, rel=5 * np.sqrt(2 / d.size))
     mean_want = k * np.log(2.0) + 0.5 * k * (photons + electronic**2) / photons**2
     assert abs(d.mean() - mean_want) < 5 * np.sqrt(want / d.size)
@@ -326,6 +328,7 @@ def test_detector_blur_reduces_noise_by_kernel_energy():
     g = np.sum(k1**2) ** 2
     k = display_scale(opt)[1]
     want = k**2 * g / 1e4 + 1 / 12
+    assert display_variance(1e4, opt) == pytest.approx(want)
     assert d.var(ddof=1) == pytest.approx(want, rel=5 * np.sqrt(2 / d.size))
 
 
