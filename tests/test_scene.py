@@ -168,6 +168,10 @@ def _broken(defn, edit):
     (lambda d: d["study"]["patient_centre_mm"].pop("uniplanar"),
      r"`study\.patient_centre_mm\.uniplanar` is missing"),
     (lambda d: d["segments"][0]["volumes"][0].update(n=400), "cannot place 400 beads"),
+    (lambda d: d["exams"][1].pop("double_of"), "double exam 'REF-DOUBLE' needs `double_of`"),
+    (lambda d: d["segments"][1]["capsules"][0].pop("radius_mm"), "missing key 'radius_mm'"),
+    (lambda d: d["segments"][1].pop("name"), r"`segments\[1\]\.name` is missing"),
+    (lambda d: d["study"].update(start_date="5 Jan"), "Invalid isoformat"),
 ])
 def test_bad_definitions(defn, edit, match):
     with pytest.raises(InputError, match=match):

@@ -24,6 +24,7 @@ from ``default_rng([seed, 1, i])``.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,7 +239,8 @@ def _capsule_distance(cap: Capsule, x: np.ndarray) -> float:
 def _segments(defn: dict, src: str, centre: np.ndarray, rng: np.random.Generator):
     segs_raw = _req(defn, "segments", src, "")
     caps_all, caps_by = [], {}
-    for sd in segs_raw:
+    for i, sd in enumerate(segs_raw):
+        _req(sd, "name", src, f"segments[{i}].")
         caps = tuple(Capsule(p0_mm=np.add(c["p0_mm"], centre), p1_mm=np.add(c["p1_mm"], centre),
                              radius_mm=float(c["radius_mm"]), mu_per_mm=float(c["mu_per_mm"]))
                      for c in sd.get("capsules", []))
@@ -331,7 +333,21 @@ def build_scene(definition: str | os.PathLike | dict = "implant", *, setup: str 
         defn, src = definition, "<dict>"
     else:
         defn, src = load_definition(definition)
+    try:
+        return _build(defn, src, setup=setup, seed=seed, pixel_spacing_mm=pixel_spacing_mm,
+                      detector_px=detector_px, name=str(definition))
+    except InputError:
+        raise
+    except KeyError as exc:  # a malformed nested entry (the common ones are checked by _req)
+        raise InputError(f"Invalid study definition {src!r}: missing key {exc}.") from None
+    except (TypeError, ValueError, IndexError) as exc:
+        raise InputError(f"Invalid study definition {src!r}: {exc}") from None
+
+
+def _build(defn: dict, src: str, *, setup: str, seed: int, pixel_spacing_mm: float | None,
+           detector_px: int | None, name: str) -> Scene:
     st = _req(defn, "study", src, "")
+    _dt.date.fromisoformat(st.get("start_date", "2026-01-05"))
     setup_key = setup if setup in SETUPS else "custom"
     cage = load_cage(setup)
     centres = _req(st, "patient_centre_mm", src, "study.")
@@ -352,6 +368,9 @@ def build_scene(definition: str | os.PathLike | dict = "implant", *, setup: str 
                              f"of {', '.join(EXAM_KINDS)}, got {kind!r}.")
         if eid in ids:
             raise InputError(f"Invalid study definition {src!r}: duplicate exam id {eid!r}.")
+        if kind == "double" and ed.get("double_of") not in ids:
+            raise InputError(f"Invalid study definition {src!r}: double exam {eid!r} needs "
+                             "`double_of` naming an earlier exam.")
         ids.add(eid)
         erng = np.random.default_rng([seed, 1, i])
         views = _perturbed_views(cage, erng, det_d, spacing, (n_px, n_px))
@@ -394,7 +413,7 @@ def build_scene(definition: str | os.PathLike | dict = "implant", *, setup: str 
     motions = tuple((m["segment"], m["relative_to"]) for m in defn.get("motions", []))
     return Scene(study_id=st["id"], subject_id=st.get("subject", "S01"),
                  description=st.get("description", ""), region=st.get("region", ""),
-                 setup=setup, variant=st.get("variant", str(definition)), seed=int(seed),
+                 setup=setup, variant=st.get("variant", name), seed=int(seed),
                  start_date=st.get("start_date", "2026-01-05"), cage=cage,
                  cage_ref=cage.source, patient_centre_mm=readonly(centre), segments=segments,
                  exams=tuple(exams), motions=motions,
