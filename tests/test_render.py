@@ -176,6 +176,35 @@ def test_overlapping_beads_add_line_integrals():
     assert att[100, 100] == pytest.approx(1.0 + 0.8, rel=1e-3)
 
 
+def _second_moment_u(img, uv, half):
+    c, total = weighted_centroid(img, uv, half)
+    iu, iv = (round(float(x)) for x in uv)
+    w = img[iv - half:iv + half + 1, iu - half:iu + half + 1]
+    xx = np.mgrid[iv - half:iv + half + 1, iu - half:iu + half + 1][1]
+    return (w * (xx - c[0]) ** 2).sum() / total
+
+
+@pytest.mark.parametrize("which", ["focal", "detector"])
+def test_blur_adds_its_variance_to_the_bead_profile(which):
+    # Blur is a normalised convolution of the absorbed fraction 1 − I/I0 (linear in intensity),
+    # so the profile's second moment grows by the kernel variance: focal spot σ = f·(M − 1)/2.355
+    # at the bead's magnification (Bushberg ch. 7), detector σ as given. The sampled kernels
+    # deviate from the continuous Gaussian by < 1 % in variance (sub-sample box: 1/(12 s²)).
+    view = tube_view(shape=(200, 200), angle_deg=0.0)
+    centre = points_over(view, [[100.3, 99.8]], [450.0])
+    base = RenderOptions(background=False, noise=False, focal_spot_mm=0.0, detector_blur_px=0.0)
+    blurred = RenderOptions(background=False, noise=False,
+                            focal_spot_mm=1.2 if which == "focal" else 0.0,
+                            detector_blur_px=1.0 if which == "detector" else 0.0)
+    m = float(view.magnification(centre)[0])
+    want = (1.2 * (m - 1) / (2 * np.sqrt(2 * np.log(2))) / 0.1) ** 2 if which == "focal" else 1.0
+    var = []
+    for opt in (base, blurred):
+        e = render_expected(view, centre, [0.5], options=opt)
+        var.append(_second_moment_u(1 - e.quanta / opt.photons_per_pixel, e.uv_px[0], 20))
+    assert var[1] - var[0] == pytest.approx(want, rel=0.01)
+
+
 def test_cage_marker_projections_match_pinhole():
     # Two marker planes (fiducials near the detector, controls 200 mm above), as in a cage.
     view = tube_view(shape=(700, 700))
