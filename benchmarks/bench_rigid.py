@@ -1,7 +1,8 @@
 """Benchmark: batched ``rsa.rigid.fit_rigid`` vs a Python loop of scipy ``Rotation.align_vectors``.
 
 10 000 bodies × 8 beads, random rotations/translations plus 0.05 mm bead noise. Both methods get
-the same data; scipy gets the centred coordinates (align_vectors solves rotation only). Checks
+the same data; scipy gets the centred coordinates (align_vectors solves rotation only, while
+fit_rigid also returns translations, per-bead residuals and ME, all included in its time). Checks
 that the rotations agree to 1e-9, prints the best-of-repeats timings and the speed ratio, and
 exits non-zero if the check fails.
 
@@ -60,9 +61,10 @@ def main() -> int:
     err = float(np.abs(fit.rotation - R_scipy).max())
     ok = err < 1e-9
     print(f"bodies={m} beads={n}")
-    print(f"rsa.rigid.fit_rigid (batched):        {t_rsa * 1e3:9.2f} ms")
-    print(f"scipy Rotation.align_vectors (loop):  {t_scipy * 1e3:9.2f} ms")
-    print(f"speed ratio scipy/rsa:                {t_scipy / t_rsa:9.1f}x  (target >= 100x)")
+    print(f"rsa.rigid.fit_rigid (batched, R+t+residuals+ME): {t_rsa * 1e3:9.2f} ms")
+    print(f"scipy Rotation.align_vectors (loop, R only):     {t_scipy * 1e3:9.2f} ms")
+    print(f"speed ratio scipy/rsa:                           {t_scipy / t_rsa:9.1f}x"
+          "  (target >= 100x)")
     print(f"max |R_rsa - R_scipy| = {err:.2e}  ->  {'OK' if ok else 'FAIL'} (tol 1e-9)")
     return 0 if ok else 1
 

@@ -47,6 +47,33 @@ def _laplace(a, mn):
             a[1] * m02 - a[0] * m12 - a[2] * m01]
 
 
+def _q(a, b):
+    return 4 * a + b
+
+
+def _rotation_from_quaternion_products() -> np.ndarray:
+    """(9, 16) map from q qᵀ (row-major) to R (row-major) for a unit quaternion (q0 scalar)."""
+    rows = [
+        [(1, _q(0, 0)), (1, _q(1, 1)), (-1, _q(2, 2)), (-1, _q(3, 3))],
+        [(2, _q(1, 2)), (-2, _q(0, 3))],
+        [(2, _q(1, 3)), (2, _q(0, 2))],
+        [(2, _q(1, 2)), (2, _q(0, 3))],
+        [(1, _q(0, 0)), (-1, _q(1, 1)), (1, _q(2, 2)), (-1, _q(3, 3))],
+        [(2, _q(2, 3)), (-2, _q(0, 1))],
+        [(2, _q(1, 3)), (-2, _q(0, 2))],
+        [(2, _q(2, 3)), (2, _q(0, 1))],
+        [(1, _q(0, 0)), (-1, _q(1, 1)), (-1, _q(2, 2)), (1, _q(3, 3))],
+    ]
+    T = np.zeros((9, 16))
+    for r, terms in enumerate(rows):
+        for sign, k in terms:
+            T[r, k] = sign
+    return T
+
+
+_T_R = _rotation_from_quaternion_products()
+
+
 def svd_rotation(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """R = P diag(1, 1, det(P Qᵀ)) Qᵀ from C = P Σ Qᵀ (Söderkvist & Wedin), batched, and Σ."""
     P, S, Qt = np.linalg.svd(C)
@@ -56,7 +83,8 @@ def svd_rotation(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.matmul(P * np.stack([ones, ones, d], axis=-1)[..., None, :], Qt), S
 
 
-def optimal_rotation(C: np.ndarray, collinear_tol: float) -> tuple[np.ndarray, np.ndarray]:
+def optimal_rotation(C: np.ndarray, collinear_tol: float,
+                     start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Proper rotations maximising tr(Rᵀ C), and a mask of rank-deficient (collinear) C.
 
     Parameters
@@ -65,6 +93,9 @@ def optimal_rotation(C: np.ndarray, collinear_tol: float) -> tuple[np.ndarray, n
         Cross-covariances C = Bᵀ W A (finite).
     collinear_tol : float
         C counts as collinear when σ2(C) ≤ collinear_tol · σ1(C) (also C = 0).
+    start : (...) ndarray, optional
+        Starting value for λ₁, ideally a tight upper bound such as ½ Σ wᵢ (‖aᵢ‖² + ‖bᵢ‖²)
+        (equal to λ₁ for a perfect rigid fit, so Newton needs 1–2 steps). Default √3‖C‖_F.
 
     Returns
     -------
@@ -95,14 +126,15 @@ def optimal_rotation(C: np.ndarray, collinear_tol: float) -> tuple[np.ndarray, n
     c1 = -8.0 * detC
     c2 = -2.0 * fro2
     lam = np.sqrt(3.0 * fro2)
+    if start is not None:  # ½Σ(‖a‖² + ‖b‖²) ≥ λ₁; the margin absorbs its rounding error
+        lam = np.minimum(lam, np.asarray(start).reshape(-1) * (1.0 + 1e-10))
     for _ in range(100):
         lam2 = lam * lam
         p = (lam2 + c2) * lam2 + c1 * lam + c0
         dp = (4.0 * lam2 + 2.0 * c2) * lam + c1
         step = np.divide(p, dp, out=np.zeros_like(p), where=dp > 0)
-        np.maximum(step, 0.0, out=step)
         lam -= step
-        if not np.any(step > 4e-16 * lam):
+        if not np.any(np.abs(step) > 4e-16 * lam):
             break
     dp = np.abs((4.0 * lam * lam + 2.0 * c2) * lam + c1)
 
@@ -113,28 +145,12 @@ def optimal_rotation(C: np.ndarray, collinear_tol: float) -> tuple[np.ndarray, n
     cand = [_laplace(H[1], h23), _laplace(H[0], h23), _laplace(H[3], h01),
             _laplace(H[2], h01)]  # candidate k ∝ ±P'(λ) q_k q
     # |cand_k[k]| = |P'(λ)| q_k²: pick the candidate with the largest |q_k| (norm ≥ |P'(λ)|/2)
-    d0, d1, d2, d3 = (np.abs(cand[i][i]) for i in range(4))
-    use1 = (d1 > d0) & (d1 >= d2) & (d1 >= d3)
-    use2 = ~use1 & (d2 > d0) & (d2 >= d3)
-    use3 = ~use1 & ~use2 & (d3 > d0)
-    q = []
-    for i in range(4):
-        qi = np.where(use1, cand[1][i], cand[0][i])
-        qi = np.where(use2, cand[2][i], qi)
-        q.append(np.where(use3, cand[3][i], qi))
-    qn = np.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
-    qn = np.where(qn > 0, qn, 1.0)
-    q0, q1, q2, q3 = (qi / qn for qi in q)
-    R = np.empty((m, 3, 3))
-    R[:, 0, 0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    R[:, 0, 1] = 2 * (q1 * q2 - q0 * q3)
-    R[:, 0, 2] = 2 * (q1 * q3 + q0 * q2)
-    R[:, 1, 0] = 2 * (q1 * q2 + q0 * q3)
-    R[:, 1, 1] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
-    R[:, 1, 2] = 2 * (q2 * q3 - q0 * q1)
-    R[:, 2, 0] = 2 * (q1 * q3 - q0 * q2)
-    R[:, 2, 1] = 2 * (q2 * q3 + q0 * q1)
-    R[:, 2, 2] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    cand = np.array(cand)  # (4 candidates, 4 components, m)
+    k = np.argmax(np.abs(cand[[0, 1, 2, 3], [0, 1, 2, 3]]), axis=0)
+    q = np.take_along_axis(cand, k[None, None, :], axis=0)[0]  # (4, m)
+    qn = np.sqrt((q * q).sum(axis=0))
+    q /= np.where(qn > 0, qn, 1.0)
+    R = (_T_R @ (q[:, None, :] * q[None, :, :]).reshape(16, m)).T.reshape(m, 3, 3)
 
     collinear = np.zeros(m, dtype=bool)
     ill = np.flatnonzero(~(dp > _GAP_TOL * np.maximum(lam, np.sqrt(fro2)) ** 3))

@@ -181,7 +181,14 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -
     Notes
     -----
     ME (mean error of rigid-body fitting, ISO 16087 [2]_) is the mean of ‖R xᵢ + t − yᵢ‖ over the
-    used beads. One batched ``np.linalg.svd`` on (..., 3, 3); no Python loops.
+    used beads.
+
+    Implementation: the optimum of the SVD formula above is computed for all bodies at once by
+    an equivalent elementwise quaternion solver (Horn 1987 / Theobald's QCP; see
+    ``rsa._rigid_solver``), with the SVD formula itself as fallback where that route is
+    ill-conditioned; the two agree to ~1e-12 (tested). This avoids the per-matrix LAPACK
+    overhead of a batched 3×3 SVD. No Python loops over bodies (the all-valid fast path works in
+    cache-sized blocks of bodies).
     """
     x, y = _broadcast_pair(x, y)
     batch, n = x.shape[:-2], x.shape[-2]
@@ -245,8 +252,11 @@ def _fit_all_valid(x: np.ndarray, y: np.ndarray, batch, n: int) -> RigidFit:
         A = xb - xmb[:, None, :]
         # C = Bᵀ A = yᵀ A because Σ aᵢ = 0 (saves centring y; the rounding error relative to C
         # is ~ε‖ȳ‖/‖b‖, negligible for bead sets within metres of the origin).
+        # ½ Σ (‖aᵢ‖² + ‖bᵢ‖²) ≥ λ₁ (equality for a perfect fit): Newton start for the solver
+        e0 = 0.5 * (np.einsum("bni,bni->b", A, A) + np.einsum("bni,bni->b", yb, yb)
+                    - n * np.einsum("bi,bi->b", ymb, ymb))
         Rb, collinear[s:e] = optimal_rotation(np.matmul(np.swapaxes(yb, -1, -2), A),
-                                              _COLLINEAR_TOL)
+                                              _COLLINEAR_TOL, start=e0)
         R[s:e] = Rb
         t[s:e] = ymb - (Rb * xmb[:, None, :]).sum(axis=-1)
         xm[s:e] = xmb
