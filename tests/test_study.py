@@ -119,7 +119,7 @@ def test_truth_consistency(study):
             for name, b in v["beads"].items():
                 xyz = np.array(exam["segments"][name]["xyz_mm"])
                 np.testing.assert_allclose(project(P, xyz), b["uv_px"], atol=1e-6)
-                assert len(b["hidden"]) == len(b["clipped"]) == len(xyz)
+                assert len(b["hidden"]) == len(b["clipped"]) == len(b["overlap"]) == len(xyz)
             assert np.all(np.array(v["cage"]["in_view"]))  # uniplanar: every marker in view
             focus = np.array(v["focus_mm"])
             # focus = null space of P
@@ -202,3 +202,20 @@ def test_cli_phantom(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "y" / "study.toml").is_file()
     assert pydicom.dcmread(tmp_path / "y" / "S01" / "REF_A.dcm").Rows == 300
+
+
+def test_image_overlaps():
+    """1-mm spheres: images of radius r·M/spacing ≈ 4.5 px; two 1 mm apart (≈ 9 px) overlap
+    within the 2-px margin, a third 7 mm away does not."""
+    from rsa.synthetic.geometry import look_at_view
+    from rsa.synthetic.study import image_overlaps
+
+    view = look_at_view(focus_mm=[0, 0, 1400], detector_centre_mm=[0, 0, -25], up=[0, 1, 0],
+                        pixel_spacing_mm=0.143, shape=(200, 200))
+    centres = np.array([[0.0, 0, 300], [1.0, 0, 300], [8.0, 0, 300]])
+    m = view.magnification(centres)[0]
+    r_img = 0.5 * m / 0.143
+    assert 2 * r_img + 2 > 1.0 * m / 0.143  # the first two are within the margin
+    assert 2 * r_img + 2 < 7.0 * m / 0.143  # the third is far from both
+    np.testing.assert_array_equal(image_overlaps(view, centres, np.full(3, 0.5)),
+                                  [True, True, False])

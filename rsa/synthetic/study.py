@@ -79,7 +79,22 @@ def _view_truth(view, file: str, columns: tuple[int, int] | None) -> dict[str, A
             "projection_matrix": _round(view.projection_matrix(), 12)}
 
 
-def _exam_truth(scene: Scene, exam: Exam, rendered: dict, files: dict) -> dict[str, Any]:
+def image_overlaps(view, centres_mm: np.ndarray, radii_mm: np.ndarray, *,
+                   margin_px: float = 2.0) -> np.ndarray:
+    """(N,) bool: the image of sphere i comes within `margin_px` of another sphere's image.
+
+    Projected radius = r·M / pixel spacing (M = geometric magnification of the centre); such
+    beads are rendered correctly but their detected centres are biased by the neighbour.
+    """
+    uv = view.project(centres_mm)
+    pr = radii_mm * view.magnification(centres_mm) / float(np.mean(view.pixel_spacing_mm))
+    d = np.linalg.norm(uv[:, None] - uv[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    return np.any(d < pr[:, None] + pr[None] + margin_px, axis=1)
+
+
+def _exam_truth(scene: Scene, exam: Exam, rendered: dict, files: dict, centres: np.ndarray,
+                radii: np.ndarray) -> dict[str, Any]:
     beads = scene.exam_beads(exam)
     rel = {}
     for seg, base in scene.motions:
@@ -105,15 +120,17 @@ def _exam_truth(scene: Scene, exam: Exam, rendered: dict, files: dict) -> dict[s
         r = rendered[view.name]
         vt = _view_truth(view, *files[view.name])
         in_view = scene.cage.marker_mask(view=view.name)
+        ov = image_overlaps(view, centres, radii)
         vt["cage"] = {"uv_px": _round(r.uv_px[:m_cage], 9), "in_view": in_view.tolist(),
                       "hidden": r.hidden[:m_cage].tolist(),
-                      "clipped": r.clipped[:m_cage].tolist()}
+                      "clipped": r.clipped[:m_cage].tolist(), "overlap": ov[:m_cage].tolist()}
         vt["beads"], k = {}, m_cage
         for s in scene.segments:
             n = len(s.xyz_mm)
             vt["beads"][s.name] = {"uv_px": _round(r.uv_px[k:k + n], 9),
                                    "hidden": r.hidden[k:k + n].tolist(),
-                                   "clipped": r.clipped[k:k + n].tolist()}
+                                   "clipped": r.clipped[k:k + n].tolist(),
+                                   "overlap": ov[k:k + n].tolist()}
             k += n
         out["views"][view.name] = vt
     return out
@@ -293,7 +310,7 @@ def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int 
                 files[exam.id].append({"file": rel, "views": [n]})
                 view_files[n] = (rel, None)
         tick(f"{exam.id}: DICOM written")
-        exams_truth.append(_exam_truth(scene, exam, rendered, view_files))
+        exams_truth.append(_exam_truth(scene, exam, rendered, view_files, centres, radii))
     cage_ref = cage.source if setup in SETUPS else os.path.relpath(cage.source, out)
     atomic_write_text(out / "study.toml", manifest_text(scene, files, Path(cage_ref).as_posix()))
     tick("manifest written")
