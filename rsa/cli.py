@@ -74,19 +74,23 @@ def phantom(
 
     from rsa.synthetic.study import write_study
 
+    bar = Progress(TextColumn("{task.description:<32}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    task = bar.add_task("phantom", total=None)
+
+    def report(done: int, total: int, message: str) -> None:
+        if done == 1:  # start on the first report: input errors print no empty bar
+            bar.start()
+        bar.update(task, completed=done, total=total, description=message)
+
     try:
-        with Progress(TextColumn("{task.description:<32}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                      transient=False) as bar:
-            task = bar.add_task("phantom", total=None)
-
-            def report(done: int, total: int, message: str) -> None:
-                bar.update(task, completed=done, total=total, description=message)
-
-            path = write_study(out_dir, setup=setup, seed=seed, variant=variant,
-                               side_by_side=side_by_side,
-                               photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2",
-                               progress=report)
+        path = write_study(out_dir, setup=setup, seed=seed, variant=variant,
+                           side_by_side=side_by_side,
+                           photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2",
+                           progress=report)
     except RsaError as exc:
+        if bar.live.is_started:
+            bar.stop()
         fail(exc)
+    bar.stop()
     typer.echo(f"Wrote phantom study to {path} (manifest study.toml, ground truth truth.json).")
