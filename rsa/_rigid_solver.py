@@ -11,8 +11,9 @@ SVD ``C = P Σ Qᵀ`` (:func:`svd_rotation`). A batched ``np.linalg.svd`` on (m,
    σ1 + σ2 + sσ3, σ1 − σ2 − sσ3, … (s = sign det C), so the optimum is always a proper rotation,
    also for coplanar beads.
 2. λ₁ by Newton's method on the characteristic quartic of N, as in Theobald's QCP [2]_, started
-   from the upper bound √3‖C‖_F (Newton on a real-rooted polynomial converges monotonically from
-   above the largest root).
+   from an upper bound: ½ Σ wᵢ(‖aᵢ‖² + ‖bᵢ‖²) when the caller has it (exact for a perfect rigid
+   fit, 1–3 steps), else √3‖C‖_F (Newton on a real-rooted polynomial converges monotonically
+   from above the largest root).
 3. The eigenvector as a row of adj(N − λ₁I) = P'(λ₁) q qᵀ (P the characteristic polynomial):
    row k has norm |P'(λ₁)| |q_k|; the largest of the four rows is used (|q_k| ≥ 1/2).
 4. Where the eigenvalue gap is small (|P'(λ₁)| < 1e-4 · scale³, i.e. σ2 + sσ3 ≈ 0, where

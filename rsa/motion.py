@@ -99,7 +99,7 @@ def euler_angles(rotation: ArrayLike, *, order: str = "xyz") -> np.ndarray:
     Returns
     -------
     angles_deg : (..., 3) ndarray
-        First and third angles in (−180°, 180°]; the second in [−90°, 90°] (Tait–Bryan) or
+        First and third angles in [−180°, 180°]; the second in [−90°, 90°] (Tait–Bryan) or
         [0°, 180°] (proper Euler).
 
     Notes

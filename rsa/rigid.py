@@ -299,16 +299,18 @@ def condition_number(x: ArrayLike, *, weights: ArrayLike | None = None) -> np.nd
 
     Notes
     -----
-    Source and verification. Söderkvist & Wedin [1]_ (and Söderkvist, BIT 33:1993) show that the
-    sensitivity of the rotation to bead errors is governed by ``1/sqrt(σ2² + σ3²)`` of the centred
-    configuration; the marker configuration is "well-configured" when this is small. The RSA
-    scaling — ``1000 · 1/sqrt(σ2² + σ3²)`` with coordinates in mm — was verified against the
-    public MATLAB implementation ``procrustes.m`` (N. Börlin, Umeå University, v1.1 2000:
-    ``cond2 = 1000/sqrt(sum(s(2:end).^2))`` with ``s = svd(A)``), written by an author of the
-    UmRSA software. It reproduces the magnitudes reported in the RSA literature (typically
-    20–150, upper limit 100–150 [2]_): six beads spread ±10 mm per axis give CN ≈ 30. The text of
-    ISO 16087 Annex A itself could not be consulted; treat the literature limit as applicable
-    only insofar as the reader's software uses this same definition.
+    Source and verification. In the perturbation analysis of Söderkvist & Wedin [1]_ (and
+    Söderkvist, "On condition numbers and algorithms for determining a rigid body movement",
+    BIT 33, 1993) the sensitivity of the rotation to bead errors grows with
+    ``1/sqrt(σ2² + σ3²)`` of the centred configuration (beads near a line are ill-conditioned).
+    The RSA definition and scaling — ``1000 / sqrt(σ2² + σ3²)`` with coordinates in mm — were
+    verified against a public MATLAB implementation of the Söderkvist–Wedin fit by N. Börlin
+    (Umeå University; ``procrustes.m`` v1.1, 2000: ``cond2 = 1000*1/sqrt(sum(s(2:end).^2))``,
+    ``s = svd(A)``, A the centred "from" coordinates), an author of RSA software. This scaling
+    reproduces the magnitudes reported in the RSA literature (typically 20–150, limits 100–150
+    [2]_): six beads with an SD of 10 mm per axis give CN ≈ 1000/sqrt(2 · 6 · 100) ≈ 29. The
+    texts of ISO 16087 Annex A and of the RSA guidelines were not available to us; compare
+    with a published CN limit only if the software that produced it uses this definition.
 
     Scaling: σₖ² = N · varₖ, so for the same spatial spread CN falls like 1/√N with more beads,
     and CN scales as 1/length (doubling the spread halves CN). For beads at ±a on the three axes
