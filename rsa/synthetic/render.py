@@ -349,7 +349,7 @@ def _validate(view, centres_mm, radii_mm, capsules):
     check_finite(r, "radii_mm")
     if np.any(r <= 0):
         raise ShapeError("Expected `radii_mm` to be positive.")
-    caps = tuple(capsules)
+    caps = tuple(capsules) if capsules is not None else ()
     if not all(isinstance(k, Capsule) for k in caps):
         raise ShapeError("Expected `capsules` to be a sequence of Capsule.")
     n, depth_det = _depth_axis(view)
