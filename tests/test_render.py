@@ -241,6 +241,8 @@ def test_capsule_chord_analytic_cases():
         ([-100, 3.5, 20], [1, 0, 0], 0.0),  # misses
         ([-100, 0, 42], [1, 0, 0], 2 * np.sqrt(R**2 - 4)),  # through the end sphere only
         ([0, 0, 20], [1, 0, 1], 2 * R * np.sqrt(2)),  # 45° through the middle: 2R / sin 45°
+        ([0, 2, -100], [0, 0, 1], 40 + 2 * np.sqrt(R**2 - 4)),  # parallel to the axis, inside
+        ([0, 5, -100], [0, 0, 1], 0.0),  # parallel to the axis, outside
     ]
     for o, d, want in cases:
         got = capsule_chords(np.array(o, float), np.array(d, float), p0, p1, R)
