@@ -133,3 +133,12 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
         crash()
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_write_uses_normal_file_mode(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    target = atomic_write_text(tmp_path / "m.txt", "x")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

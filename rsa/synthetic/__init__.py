@@ -1,1 +1,5 @@
-"""Synthetic RSA phantom: cage geometry, stereo radiograph simulator and ground truth (DESIGN §5)."""
+"""Synthetic RSA phantom: cage geometry, radiograph simulator and ground truth (DESIGN §5)."""
+
+from rsa.synthetic.study import write_study
+
+__all__ = ["write_study"]
