@@ -220,7 +220,8 @@ def _jacobian(theta: np.ndarray, X, obs, w, R0) -> np.ndarray:
 def calibrate_view(beads, cage, *, view: str, method: str = "film-to-cage", refine: bool = True,
                    pixel_spacing_mm: ArrayLike | None = None,
                    image_shape: tuple[int, int] | None = None, loss: str = "soft_l1",
-                   distortion: None = None, identify_options: dict | None = None) -> View:
+                   distortion: None = None, identify_options: dict | None = None,
+                   identification: MarkerMatch | None = None) -> View:
     """Calibrate one view from the cage markers among its detected beads.
 
     Parameters
@@ -251,6 +252,9 @@ def calibrate_view(beads, cage, *, view: str, method: str = "film-to-cage", refi
         §3.1), must be None.
     identify_options : dict, optional
         Keyword options for :func:`rsa.identify.identify_markers` (gates, tolerances).
+    identification : MarkerMatch, optional
+        A previous identification of the same beads (e.g. ``other_view.identification``, or a
+        manually corrected one) to use instead of identifying the markers again.
 
     Returns
     -------
@@ -278,8 +282,15 @@ def calibrate_view(beads, cage, *, view: str, method: str = "film-to-cage", refi
         raise CalibrationError("calibrate_view needs `pixel_spacing_mm` and `image_shape` (the "
                                "nominal cage geometry is in mm, the beads in px).")
     spacing = np.broadcast_to(np.asarray(spacing, float), (2,)).copy()
-    match = identify_markers(uv, cage, view=view, pixel_spacing_mm=spacing, image_shape=shape,
-                             **(identify_options or {}))
+    if identification is None:
+        match = identify_markers(uv, cage, view=view, pixel_spacing_mm=spacing,
+                                 image_shape=shape, **(identify_options or {}))
+    elif identification.view != view or identification.patient_mask.shape[0] != uv.shape[0]:
+        raise CalibrationError(f"The given identification is of view {identification.view!r} "
+                               f"with {identification.patient_mask.shape[0]} beads; expected "
+                               f"view {view!r} with {uv.shape[0]} beads.")
+    else:
+        match = identification
     X = cage.xyz_mm[match.marker_index]
     obs = uv[match.bead_index]
     is_f = match.roles == "fiducial"

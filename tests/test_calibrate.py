@@ -311,3 +311,13 @@ def test_intersect_consistency(calibrated):
     np.testing.assert_array_equal(p, p2)
     np.testing.assert_array_equal(cle, cle2)
     assert isinstance(cal.a, View)
+
+
+def test_reuse_identification():
+    # the same identification gives the same calibration; one of another view is refused
+    v = calibrate_view(_EXAM0.a.uv_px, CAGES["uniplanar"], view="A",
+                       identification=_VIEW.identification, **KW)
+    np.testing.assert_allclose(v.projection_matrix, _VIEW.projection_matrix, atol=1e-12)
+    with pytest.raises(CalibrationError, match="identification is of view 'A'"):
+        calibrate_view(_EXAM0.b.uv_px, CAGES["uniplanar"], view="B",
+                       identification=_VIEW.identification, **KW)
