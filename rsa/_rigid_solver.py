@@ -106,7 +106,19 @@ def optimal_rotation(C: np.ndarray, collinear_tol: float,
         have σ2 + sσ3 ≳ 1e-5 σ1 and hence σ2/σ1 far above any sensible `collinear_tol`.
     """
     batch = C.shape[:-2]
-    c = np.ascontiguousarray(C.reshape(-1, 9).T)  # (9, m): row 3i+j = C_ij; (m,) rows are fast
+    c = np.ascontiguousarray(C.reshape(-1, 9).T)  # (9, m): row 3i+j = C_ij
+    st = None if start is None else np.asarray(start, dtype=float).reshape(-1)
+    r, collinear = optimal_rotation_soa(c, collinear_tol, st)
+    return r.T.reshape(*batch, 3, 3), collinear.reshape(batch)
+
+
+def optimal_rotation_soa(c: np.ndarray, collinear_tol: float,
+                         start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`optimal_rotation` on "structure of arrays" data: c (9, m) → R (9, m), mask (m,).
+
+    Row 3i + j of `c` (and of the result) holds entry (i, j) of every matrix; elementwise
+    arithmetic on these contiguous (m,) rows is what makes the solver fast.
+    """
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = c
     m = c.shape[1]
     fro2 = (c * c).sum(axis=0)
@@ -128,7 +140,7 @@ def optimal_rotation(C: np.ndarray, collinear_tol: float,
     c2 = -2.0 * fro2
     lam = np.sqrt(3.0 * fro2)
     if start is not None:  # ½Σ(‖a‖² + ‖b‖²) ≥ λ₁; the margin absorbs its rounding error
-        lam = np.minimum(lam, np.asarray(start).reshape(-1) * (1.0 + 1e-10))
+        lam = np.minimum(lam, start * (1.0 + 1e-10))
     for _ in range(100):
         lam2 = lam * lam
         p = (lam2 + c2) * lam2 + c1 * lam + c0
@@ -151,12 +163,12 @@ def optimal_rotation(C: np.ndarray, collinear_tol: float,
     q = np.take_along_axis(cand, k[None, None, :], axis=0)[0]  # (4, m)
     qn = np.sqrt((q * q).sum(axis=0))
     q /= np.where(qn > 0, qn, 1.0)
-    R = (_T_R @ (q[:, None, :] * q[None, :, :]).reshape(16, m)).T.reshape(m, 3, 3)
+    r = _T_R @ (q[:, None, :] * q[None, :, :]).reshape(16, m)  # (9, m)
 
     collinear = np.zeros(m, dtype=bool)
     ill = np.flatnonzero(~(dp > _GAP_TOL * np.maximum(lam, np.sqrt(fro2)) ** 3))
     if ill.size:
-        Rb, S = svd_rotation(C.reshape(-1, 3, 3)[ill])
-        R[ill] = Rb
+        Rb, S = svd_rotation(c[:, ill].T.reshape(-1, 3, 3))
+        r[:, ill] = Rb.reshape(-1, 9).T
         collinear[ill] = S[:, 1] <= collinear_tol * S[:, 0]
-    return R.reshape(*batch, 3, 3), collinear.reshape(batch)
+    return r, collinear
