@@ -14,7 +14,7 @@ def as_points(value: ArrayLike, name: str, *, last: int = 3, min_ndim: int = 1,
 
     Raises ShapeError with the message ``Expected `name` to have shape spec, got shape.``
     """
-    spec = spec or ("(..., N, %d)" % last if min_ndim >= 2 else "(..., %d)" % last)
+    spec = spec or (f"(..., N, {last})" if min_ndim >= 2 else f"(..., {last})")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -96,7 +96,8 @@ class DetectorView:
         """3×4 matrix P with ``[u, v, 1]ᵀ ∝ P [x, y, z, 1]ᵀ`` (for comparison with a DLT)."""
         # Image point -> detector point is affine: X = O + u su eu + v sv ev = A [u, v, 1]^T.
         A = np.column_stack([self.pixel_spacing_mm[0] * self.u_axis,
-                             self.pixel_spacing_mm[1] * self.v_axis, self.origin_mm - self.focus_mm])
+                             self.pixel_spacing_mm[1] * self.v_axis,
+                             self.origin_mm - self.focus_mm])
         M = np.linalg.inv(A)  # maps (X - F) to a multiple of [u, v, 1]
         return np.hstack([M, -(M @ self.focus_mm)[:, None]])
 
