@@ -190,7 +190,7 @@ def helical_axis(rotation: ArrayLike, translation: ArrayLike, *,
     (unlike arccos). For θ > 90° the axis is taken from the symmetric part
     ``(R + Rᵀ)/2 − c I = (1 − c) n nᵀ`` (accurate near 180°), its sign from s. The slide is
     s = n·t and the axis point closest to the origin is
-    ``p = ½ (t − (n·t) n + cot(θ/2) n × t)`` with ``cot(θ/2) = (1 + c)/‖s‖`` [4]_.
+    ``p = ½ (t − (n·t) n + cot(θ/2) n × t)`` [4]_.
     A rotation with ‖s‖ = 0 and c > 0 (θ = 0 exactly) has no axis: axis and point are NaN
     and the slide is ‖t‖ (a pure translation). No warnings are emitted.
     """
@@ -227,7 +227,7 @@ def helical_axis(rotation: ArrayLike, translation: ArrayLike, *,
     slide = np.einsum("...i,...i->...", n, t)
     slide = np.where(zero, np.linalg.norm(t, axis=-1), slide)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cot_half = (1.0 + c) / sn
+        cot_half = 1.0 / np.tan(0.5 * theta)  # θ from atan2 is accurate at 0 and at 180°
     t_perp = t - slide[..., None] * n
     p = 0.5 * (t_perp + cot_half[..., None] * np.cross(n, t))
     if reference_point is not None:

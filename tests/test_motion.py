@@ -111,6 +111,19 @@ def test_helical_axis_of_known_screw(angle):
     np.testing.assert_allclose(R @ h.point_mm + t - h.point_mm, h.slide_mm * h.axis, atol=1e-6)
 
 
+def test_helical_axis_exact_half_turn():
+    # R = diag(1, −1, −1): 180° about x; through the point (0, 2, 3) with slide 0.5
+    R = np.diag([1.0, -1.0, -1.0])
+    p0 = np.array([0.0, 2.0, 3.0])
+    t = p0 - R @ p0 + [0.5, 0.0, 0.0]
+    h = helical_axis(R, t)
+    np.testing.assert_allclose(h.angle_deg, 180.0)
+    s = np.sign(h.axis[0])
+    np.testing.assert_allclose(h.axis, [s, 0.0, 0.0])
+    np.testing.assert_allclose(h.slide_mm, 0.5 * s)
+    np.testing.assert_allclose(h.point_mm, p0, atol=1e-12)
+
+
 def test_helical_axis_reference_point_zero_rotation_and_batch():
     R, t, _ = screw([0, 0, 1.0], 30.0, point=[10.0, 0.0, 0.0], slide=-2.0)
     h = helical_axis(R, t, reference_point=[0.0, 0.0, 50.0])

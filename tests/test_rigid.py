@@ -81,6 +81,21 @@ def test_unbatched_and_weighted_paths_agree(rng):
     np.testing.assert_allclose(fast.centroid_mm, x.mean(axis=0), atol=1e-12)
 
 
+def test_fast_path_blocks_match_masked_path(rng):
+    from rsa import rigid
+
+    m = 2 * rigid._BLOCK + 7  # crosses block boundaries of the all-valid fast path
+    x = beads(rng, 5, shape=(m,))
+    y = move(random_rotation(rng, m), rng.normal(size=(m, 3)), x)
+    y += rng.normal(scale=0.05, size=y.shape)
+    fast = fit_rigid(x, y)
+    slow = fit_rigid(x, y, weights=np.ones(5))
+    np.testing.assert_allclose(fast.rotation, slow.rotation, atol=1e-12)
+    np.testing.assert_allclose(fast.translation, slow.translation, atol=1e-9)
+    np.testing.assert_allclose(fast.residuals_mm, slow.residuals_mm, atol=1e-9)
+    np.testing.assert_allclose(fast.centroid_mm, slow.centroid_mm, atol=1e-9)
+
+
 def test_matches_scipy_align_vectors_with_noise(rng):
     x = beads(rng, 8, shape=(50,))
     y = move(random_rotation(rng, 50), rng.normal(size=(50, 3)), x)
