@@ -34,7 +34,8 @@ def _rel(scene, exam, seg, base):
 def test_structure(implant, spine):
     assert [s.name for s in implant.segments] == ["tibia", "implant"]
     assert [len(s.xyz_mm) for s in implant.segments] == [9, 6]
-    assert [e.kind for e in implant.exams] == ["reference", "double", "follow-up", "follow-up"]
+    assert [e.kind for e in implant.exams] == ["reference", "double", "follow-up", "double",
+                                               "follow-up", "double"]
     assert implant.motions == (("implant", "tibia"),)
     assert [s.name for s in spine.segments] == ["L4", "L5"]
     assert {e.kind for e in spine.exams} == {"reference", "double", "follow-up", "dynamic"}
