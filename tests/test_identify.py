@@ -187,3 +187,16 @@ def test_linear_estimators_degenerate():
         lin.fit_projection(flat, flat[:, :2])
     with pytest.raises(EstimationError, match="at least 6"):
         lin.fit_projection(flat[:5], flat[:5, :2])
+
+
+def test_order_invariance():
+    # the bead order carries no information: permuting the input permutes the answer
+    cage = CAGES["biplanar"]
+    sc = make_exam(cage, 21, **HARD).a
+    m1 = identify_markers(sc.uv_px, cage, view="A", **KW)
+    perm = np.random.default_rng(5).permutation(sc.uv_px.shape[0])
+    m2 = identify_markers(sc.uv_px[perm], cage, view="A", **KW)
+    a = dict(zip(m1.bead_index.tolist(), m1.marker_index.tolist(), strict=True))
+    b = dict(zip(perm[m2.bead_index].tolist(), m2.marker_index.tolist(), strict=True))
+    assert a == b
+    np.testing.assert_array_equal(m2.patient_mask, m1.patient_mask[perm])
