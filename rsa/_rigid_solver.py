@@ -15,8 +15,9 @@ SVD ``C = P Σ Qᵀ`` (:func:`svd_rotation`). A batched ``np.linalg.svd`` on (m,
    fit, 1–3 steps), else √3‖C‖_F (Newton on a real-rooted polynomial converges monotonically
    from above the largest root).
 3. The eigenvector as a row of adj(N − λ₁I) = P'(λ₁) q qᵀ (P the characteristic polynomial):
-   row k has norm |P'(λ₁)| |q_k|; the largest of the four rows is used (|q_k| ≥ 1/2).
-4. Where the eigenvalue gap is small (|P'(λ₁)| < 1e-4 · scale³, i.e. σ2 + sσ3 ≈ 0, where
+   row k has norm |P'(λ₁)| |q_k|; the row with the largest diagonal entry is used
+   (|q_k| ≥ 1/2).
+4. Where the eigenvalue gap is small (|P'(λ₁)| < 1e-3 · scale³, i.e. σ2 + sσ3 ≈ 0, where
    this route loses accuracy) those rows fall back to the SVD formula.
 
 References
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_GAP_TOL = 1e-4
+_GAP_TOL = 1e-3
 
 
 def _minors(b, c):
@@ -122,8 +123,13 @@ def optimal_rotation_soa(c: np.ndarray, collinear_tol: float,
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = c
     m = c.shape[1]
     fro2 = (c * c).sum(axis=0)
-    detC = (c00 * (c11 * c22 - c12 * c21) - c01 * (c10 * c22 - c12 * c20)
-            + c02 * (c10 * c21 - c11 * c20))
+    # cofactors of C: det C and ‖cof C‖² = Σ_{i<j} σi²σj² give the quartic's constant term
+    k00, k01, k02 = c11 * c22 - c12 * c21, c10 * c22 - c12 * c20, c10 * c21 - c11 * c20
+    k10, k11, k12 = c01 * c22 - c02 * c21, c00 * c22 - c02 * c20, c00 * c21 - c01 * c20
+    k20, k21, k22 = c01 * c12 - c02 * c11, c00 * c12 - c02 * c10, c00 * c11 - c01 * c10
+    detC = c00 * k00 - c01 * k01 + c02 * k02
+    cof2 = (k00 * k00 + k01 * k01 + k02 * k02 + k10 * k10 + k11 * k11 + k12 * k12
+            + k20 * k20 + k21 * k21 + k22 * k22)
     # Horn's N with S = Cᵀ = Σ w a bᵀ (S_ij = C_ji)
     n01, n02, n03 = c21 - c12, c02 - c20, c10 - c01
     n12, n13, n23 = c10 + c01, c02 + c20, c21 + c12
@@ -131,11 +137,10 @@ def optimal_rotation_soa(c: np.ndarray, collinear_tol: float,
          [n01, c00 - c11 - c22, n12, n13],
          [n02, n12, c11 - c00 - c22, n23],
          [n03, n13, n23, c22 - c00 - c11]]
-    # characteristic polynomial of the traceless N: λ⁴ + c2 λ² + c1 λ + c0, c0 = det N by
-    # complementary 2×2 minors of rows (0, 1) and (2, 3)
-    a01, a02, a03, a12, a13, a23 = _minors(N[0], N[1])
-    b01, b02, b03, b12, b13, b23 = _minors(N[2], N[3])
-    c0 = a01 * b23 - a02 * b13 + a03 * b12 + a12 * b03 - a13 * b02 + a23 * b01
+    # characteristic polynomial of the traceless N: λ⁴ + c2 λ² + c1 λ + c0. Its roots are
+    # ±s1 ± s2 ± s3 (signed singular values, s1 s2 s3 = det C; even number of minus signs),
+    # whence c2 = −2‖C‖², c1 = −8 det C and c0 = ‖C‖⁴ − 4‖cof C‖².
+    c0 = fro2 * fro2 - 4.0 * cof2
     c1 = -8.0 * detC
     c2 = -2.0 * fro2
     lam = np.sqrt(3.0 * fro2)
@@ -155,12 +160,24 @@ def optimal_rotation_soa(c: np.ndarray, collinear_tol: float,
     # of H = N − λI; the row of largest norm has |q_k| ≥ 1/2.
     H = [[N[i][j] - lam if i == j else N[i][j] for j in range(4)] for i in range(4)]
     h01, h23 = _minors(H[0], H[1]), _minors(H[2], H[3])
-    cand = [_laplace(H[1], h23), _laplace(H[0], h23), _laplace(H[3], h01),
-            _laplace(H[2], h01)]  # candidate k ∝ ±P'(λ) q_k q
-    # |cand_k[k]| = |P'(λ)| q_k²: pick the candidate with the largest |q_k| (norm ≥ |P'(λ)|/2)
-    cand = np.array(cand)  # (4 candidates, 4 components, m)
-    k = np.argmax(np.abs(cand[[0, 1, 2, 3], [0, 1, 2, 3]]), axis=0)
-    q = np.take_along_axis(cand, k[None, None, :], axis=0)[0]  # (4, m)
+    # adj(H) is symmetric: its 10 distinct cofactors from Laplace expansions (row 0 along H1 with
+    # minors of rows 2, 3; row 1 along H0; rows 2, 3 along H3, H2 with minors of rows 0, 1).
+    a0 = _laplace(H[1], h23)
+    m01, m02, m03, m12, m13, m23 = h23
+    h0 = H[0]
+    a11 = -(h0[2] * m03 - h0[0] * m23 - h0[3] * m02)
+    a12 = -(h0[0] * m13 - h0[1] * m03 + h0[3] * m01)
+    a13 = -(h0[1] * m02 - h0[0] * m12 - h0[2] * m01)
+    m01, m02, m03, m12, m13, m23 = h01
+    h3, h2 = H[3], H[2]
+    a22 = h3[0] * m13 - h3[1] * m03 + h3[3] * m01
+    a23 = h3[1] * m02 - h3[0] * m12 - h3[2] * m01
+    a33 = -(h2[1] * m02 - h2[0] * m12 - h2[2] * m01)
+    adj = np.array([a0, [a0[1], a11, a12, a13], [a0[2], a12, a22, a23],
+                    [a0[3], a13, a23, a33]])  # (4, 4, m) = P'(λ) q qᵀ
+    # row k has norm |P'(λ)| |q_k|: take the row with the largest |q_k| (≥ 1/2)
+    k = np.argmax(np.abs(adj[[0, 1, 2, 3], [0, 1, 2, 3]]), axis=0)
+    q = np.take_along_axis(adj, k[None, None, :], axis=0)[0]  # (4, m)
     qn = np.sqrt((q * q).sum(axis=0))
     q /= np.where(qn > 0, qn, 1.0)
     r = _T_R @ (q[:, None, :] * q[None, :, :]).reshape(16, m)  # (9, m)

@@ -255,20 +255,19 @@ def _fit_all_valid(x: np.ndarray, y: np.ndarray, batch, n: int) -> RigidFit:
         A = xb - xmb[:, None, :]
         # C = Bᵀ A = yᵀ A because Σ aᵢ = 0 (saves centring y; the rounding error relative to C
         # is ~ε‖ȳ‖/‖b‖, negligible for bead sets within metres of the origin).
-        C = (yb[:, None] * A[None, :]).sum(axis=2)  # (3, 3, b): C_ij = Σ_n y_i a_j
+        C = np.einsum("inb,jnb->ijb", yb, A)  # (3, 3, b): C_ij = Σ_n y_i a_j
         # ½ Σ (‖aᵢ‖² + ‖bᵢ‖²) ≥ λ₁ (equality for a perfect fit): Newton start for the solver
-        e0 = 0.5 * ((A * A).sum(axis=(0, 1)) + (yb * yb).sum(axis=(0, 1))
-                    - n * (ymb * ymb).sum(axis=0))
+        e0 = 0.5 * (np.einsum("inb,inb->b", A, A) + np.einsum("inb,inb->b", yb, yb)
+                    - n * np.einsum("ib,ib->b", ymb, ymb))
         rb, collinear[s:e] = optimal_rotation_soa(C.reshape(9, -1), _COLLINEAR_TOL, e0)
         R3 = rb.reshape(3, 3, -1)
         r[:, s:e] = rb
         xm[:, s:e] = xmb
         t[:, s:e] = ymb - (R3 * xmb[None, :, :]).sum(axis=1)
-        ss = np.zeros(A.shape[1:])
-        for i in range(3):  # R xᵢ + t − yᵢ = R aᵢ + ȳ − yᵢ, one coordinate at a time
-            d = R3[i, 0] * A[0] + R3[i, 1] * A[1] + R3[i, 2] * A[2] + (ymb[i] - yb[i])
-            ss += d * d
-        res[:, s:e] = np.sqrt(ss)
+        D = np.einsum("ijb,jnb->inb", R3, A)  # R xᵢ + t − yᵢ = R aᵢ + ȳ − yᵢ
+        D += ymb[:, None, :]
+        D -= yb
+        res[:, s:e] = np.sqrt(np.einsum("inb,inb->nb", D, D))
     _check_collinear(collinear.reshape(batch), n, batch)
     res = res.T
     return _trusted(RigidFit, rotation=r.T.reshape(*batch, 3, 3),
