@@ -4,7 +4,7 @@ Tables
 ------
 ``runs``       software version, start time, manifest hash of each run.
 ``exams``      one row per analysed exam: subject, date, kind, input files and their SHA-256,
-               status, software version, quality flags (JSON).
+               status, software version, quality flags and notes (JSON lists).
 ``views``      calibration per exam and view: method, focus, reprojection RMS, markers used.
 ``beads``      3D beads per exam: segment, bead id, x/y/z (mm), CLE (mm), 2D positions per view.
 ``fits``       per exam and segment: pose relative to the reference exam (R, t), ME, CN, beads
@@ -38,7 +38,7 @@ _TABLES: dict[str, Sequence[tuple[str, str]]] = {
     "exams": (("exam_key", "TEXT PRIMARY KEY"), ("subject", "TEXT"), ("exam_id", "TEXT"),
               ("date", "TEXT"), ("kind", "TEXT"), ("files", "TEXT"), ("sha256", "TEXT"),
               ("inputs_key", "TEXT"), ("status", "TEXT"), ("software_version", "TEXT"),
-              ("flags", "TEXT"), ("seconds", "REAL")),
+              ("flags", "TEXT"), ("notes", "TEXT"), ("seconds", "REAL")),
     "views": (("exam_key", "TEXT"), ("view", "TEXT"), ("method", "TEXT"), ("focus_x", "REAL"),
               ("focus_y", "REAL"), ("focus_z", "REAL"), ("rms_px", "REAL"), ("rms_mm", "REAL"),
               ("n_fiducials", "INTEGER"), ("n_controls", "INTEGER"), ("n_beads_2d", "INTEGER")),

@@ -1,0 +1,361 @@
+"""Exam → measurement → study results orchestration (DESIGN §1, §7). No numerics of its own.
+
+Per exam (:func:`measure_exam`, independent, runs in worker processes): read both views →
+detect beads (:func:`rsa.detect.detect_beads`) → identify cage markers and calibrate
+(:func:`rsa.calibrate.calibrate_exam`) → patient beads → correspondence by crossing-line error
+and triangulation (:func:`rsa.triangulate.match_rays`).
+
+Per subject (:func:`rsa.series.analyse_subject`): labelling, fits, motions; per study: precision
+from double exams and significance. Results go to the SQLite store, one transaction per exam,
+then CSV/JSON exports (:mod:`rsa.io.store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rsa import __version__
+from rsa.cage import Cage, load_cage
+from rsa.calibrate import calibrate_exam
+from rsa.detect import detect_beads
+from rsa.errors import InputError, RsaError, RsaWarning
+from rsa.io.images import Radiograph, read_radiograph, split_views
+from rsa.io.manifest import ExamSpec, StudySpec, load_manifest
+from rsa.io.store import ResultStore
+from rsa.series import COMPONENTS, analyse_subject, significance, study_precision
+from rsa.triangulate import match_rays
+
+
+@dataclass(frozen=True, eq=False)
+class ExamMeasurement:
+    """3D patient beads of one exam with their provenance and calibration summary."""
+
+    subject: str
+    exam_id: str
+    points_mm: np.ndarray        # (P, 3)
+    cle_mm: np.ndarray           # (P,)
+    uv_a: np.ndarray             # (P, 2) px in the first view
+    uv_b: np.ndarray             # (P, 2) px in the second view
+    ambiguous: np.ndarray        # (P,) correspondence ambiguous within the gate
+    views: tuple[dict, ...]      # calibration summary per view
+    sha256: tuple[str, ...]      # per image file
+    inputs_key: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.subject}/{self.exam_id}"
+
+
+def inputs_key(exam: ExamSpec, study: StudySpec, hashes: tuple[str, ...]) -> str:
+    """Hash of what determines an exam's measurement: images, cage, thresholds, version."""
+    h = hashlib.sha256()
+    h.update(json.dumps([list(hashes), study.cage, study.thresholds, __version__,
+                         [list(i.views) for i in exam.images]]).encode())
+    return h.hexdigest()[:32]
+
+
+def _load_views(exam: ExamSpec) -> dict[str, Radiograph]:
+    views: dict[str, Radiograph] = {}
+    for im in exam.images:
+        r = read_radiograph(im.file)
+        if len(im.views) == 1:
+            views[im.views[0]] = r
+            continue
+        parts = split_views(Radiograph(r.image, r.pixel_spacing_mm, r.path, r.sha256,
+                                       r.bits_stored, r.photometric, r.acquisition_date,
+                                       tuple(im.views), r.spacing_source))
+        views.update(parts)
+    names = list(views)
+    a, b = views[names[0]], views[names[1]]
+    if a.shape != b.shape or not np.allclose(a.pixel_spacing_mm, b.pixel_spacing_mm):
+        raise InputError(f"exam {exam.id}: the two views differ in size or pixel spacing "
+                         f"({a.path.name}: {a.shape} px at {a.pixel_spacing_mm} mm, "
+                         f"{b.path.name}: {b.shape} px at {b.pixel_spacing_mm} mm); a stereo "
+                         f"pair comes from one detector type — are the files mixed up?")
+    return views
+
+
+def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | None = None
+                 ) -> ExamMeasurement:
+    """Detect, calibrate, match and triangulate one exam (see module docstring)."""
+    cage = cage or load_cage(_cage_ref(study))
+    secs: dict[str, float] = {}
+    t = time.perf_counter()
+    views = _load_views(exam)
+    secs["read"] = time.perf_counter() - t
+    names = tuple(views)
+    t = time.perf_counter()
+    beads = {v: detect_beads(r.image, pixel_spacing_mm=r.pixel_spacing_mm)
+             for v, r in views.items()}
+    secs["detect"] = time.perf_counter() - t
+    t = time.perf_counter()
+    first = views[names[0]]
+    try:
+        cal = calibrate_exam(beads[names[0]], beads[names[1]], cage, views=names,
+                             pixel_spacing_mm=first.pixel_spacing_mm, image_shape=first.shape)
+    except RsaError as exc:
+        raise type(exc)(f"exam {subject}/{exam.id}: {exc}") from None
+    secs["calibrate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    uv_a = beads[names[0]].uv_px[cal.a.patient_mask]
+    uv_b = beads[names[1]].uv_px[cal.b.patient_mask]
+    oa, da = cal.a.rays(uv_a)
+    ob, db = cal.b.rays(uv_b)
+    m = match_rays(oa, da, ob, db, gate_mm=study.thresholds["gate_mm"])
+    secs["match"] = time.perf_counter() - t
+    summary = tuple({"view": v.name, "method": v.method_label, "focus": v.focus_mm.tolist(),
+                     "rms_px": float(v.rms_px),
+                     "rms_mm": float(v.rms_mm),
+                     "n_fiducials": int(v.identification.n_fiducials),
+                     "n_controls": int(v.identification.n_controls),
+                     "n_beads_2d": len(beads[n].uv_px)}
+                    for v, n in ((cal.a, names[0]), (cal.b, names[1])))
+    hashes = tuple(dict.fromkeys(r.sha256 for r in views.values()))
+    return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
+                           uv_b[m.pairs[:, 1]], m.ambiguous, summary, hashes,
+                           inputs_key(exam, study, hashes), secs)
+
+
+def _cage_ref(study: StudySpec) -> str | Path:
+    """A cage given as a relative path is relative to the manifest; otherwise a shipped name."""
+    candidate = study.root / study.cage
+    return candidate if candidate.suffix == ".json" or candidate.is_file() else study.cage
+
+
+@dataclass(frozen=True, eq=False)
+class StudyResult:
+    study: StudySpec
+    measurements: dict[str, ExamMeasurement]
+    series: tuple
+    precision: dict
+    flags: dict[str, list[str]]
+    out_dir: Path
+    seconds: float
+
+
+def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
+                  executor: Executor | str | None = "process", max_workers: int | None = None,
+                  resume: bool = True,
+                  progress: Callable[[str, int, int], None] | None = None) -> StudyResult:
+    """Analyse every exam of a study and write the results store and exports to `out_dir`.
+
+    Parameters
+    ----------
+    manifest : path or StudySpec
+    out_dir : path
+        Receives ``results.sqlite`` and the CSV/JSON exports.
+    executor : Executor, "process", "serial" or None
+        Where exams are measured: a local process pool by default, any
+        ``concurrent.futures.Executor`` (e.g. ``dask.distributed.Client(addr).get_executor()``),
+        or in this process ("serial"/None).
+    resume : bool
+        Reuse stored measurements of exams whose inputs (file hashes, cage, thresholds, version)
+        are unchanged, so an interrupted run continues where it stopped.
+    progress : callable(stage, done, total), optional
+    """
+    t0 = time.perf_counter()
+    study = manifest if isinstance(manifest, StudySpec) else load_manifest(manifest)
+    cage = load_cage(_cage_ref(study))
+    out_dir = Path(out_dir)
+    store = ResultStore(out_dir / "results.sqlite")
+    try:
+        measurements = _measure_all(study, cage, store, executor, max_workers, resume, progress)
+        series = tuple(analyse_subject(s, [measurements[f"{s.id}/{e.id}"].points_mm
+                                           for e in s.exams], study.motions, study.thresholds)
+                       for s in study.subjects)
+        prec = {m.name: study_precision(series, m) for m in study.motions}
+        flags = _write_results(store, study, measurements, series, prec)
+        store.replace_rows("precision", _precision_rows(series, prec), where={})
+        store.export(out_dir)
+    finally:
+        store.close()
+    for key, items in flags.items():
+        for f in items:
+            warnings.warn(f"{key}: {f}", RsaWarning, stacklevel=2)
+    return StudyResult(study, measurements, series, prec, flags, out_dir,
+                       time.perf_counter() - t0)
+
+
+def _measure_all(study, cage, store, executor, max_workers, resume, progress):
+    exams = [(s.id, e) for s in study.subjects for e in s.exams]
+    done = store.done_exams() if resume else {}
+    out: dict[str, ExamMeasurement] = {}
+    todo = []
+    for subj, e in exams:
+        key = f"{subj}/{e.id}"
+        if key in done:
+            hashes = tuple(dict.fromkeys(_sha(f) for f in e.files))
+            if done[key] == inputs_key(e, study, hashes):
+                out[key] = _measurement_from_store(store, subj, e.id, hashes, done[key])
+                continue
+        todo.append((subj, e))
+    total = len(exams)
+    if progress:
+        progress("measure", len(out), total)
+    if executor == "process" and len(todo) > 1:
+        executor = ProcessPoolExecutor(max_workers=max_workers or 2)
+        own = True
+    else:
+        own = False
+    try:
+        if isinstance(executor, Executor):
+            futures = [executor.submit(measure_exam, e, subj, study, cage) for subj, e in todo]
+            results = (f.result() for f in futures)
+        else:
+            results = (measure_exam(e, subj, study, cage) for subj, e in todo)
+        for m in results:
+            out[m.key] = m
+            # Store the raw measurement at once: a killed run resumes from here.
+            store.write_exam(m.key, _measurement_rows(m, status="measured"))
+            if progress:
+                progress("measure", len(out), total)
+    finally:
+        if own:
+            executor.shutdown(cancel_futures=True)
+    return out
+
+
+def _sha(path: Path) -> str:
+    from rsa.io.atomic import file_sha256
+
+    return file_sha256(path)
+
+
+def _measurement_rows(m: ExamMeasurement, *, status: str, exam: ExamSpec | None = None,
+                      labels: dict[int, tuple[str, str]] | None = None,
+                      flags: list[str] | None = None, notes: list[str] | None = None) -> dict:
+    labels = labels or {}
+    beads = [{"segment": labels.get(i, ("", ""))[0], "bead_id": labels.get(i, ("", ""))[1],
+              "x": p[0], "y": p[1], "z": p[2], "cle_mm": c, "u_a": ua[0], "v_a": ua[1],
+              "u_b": ub[0], "v_b": ub[1]}
+             for i, (p, c, ua, ub) in enumerate(zip(m.points_mm, m.cle_mm, m.uv_a, m.uv_b,
+                                                    strict=True))]
+    views = [{"view": v["view"], "method": v["method"], "focus_x": v["focus"][0],
+              "focus_y": v["focus"][1], "focus_z": v["focus"][2], "rms_px": v["rms_px"],
+              "rms_mm": v["rms_mm"], "n_fiducials": v["n_fiducials"],
+              "n_controls": v["n_controls"], "n_beads_2d": v["n_beads_2d"]} for v in m.views]
+    exam_row = {"subject": m.subject, "exam_id": m.exam_id, "sha256": list(m.sha256),
+                "inputs_key": m.inputs_key, "status": status, "software_version": __version__,
+                "flags": flags or [], "notes": notes or [],
+                "seconds": float(sum(m.seconds.values()))}
+    if exam is not None:
+        exam_row.update(date=exam.date.isoformat(), kind=exam.kind,
+                        files=[str(f) for f in exam.files])
+    return {"exams": [exam_row], "views": views, "beads": beads}
+
+
+def _measurement_from_store(store, subject, exam_id, hashes, key) -> ExamMeasurement:
+    beads = store.rows("beads", exam_key=f"{subject}/{exam_id}")
+    views = store.rows("views", exam_key=f"{subject}/{exam_id}")
+
+    def col(*names):
+        return np.array([[np.nan if b[n] is None else b[n] for n in names] for b in beads],
+                        dtype=float).reshape(len(beads), len(names))
+
+    summary = tuple({"view": v["view"], "method": v["method"],
+                     "focus": [v["focus_x"], v["focus_y"], v["focus_z"]],
+                     "rms_px": v["rms_px"], "rms_mm": v["rms_mm"],
+                     "n_fiducials": v["n_fiducials"], "n_controls": v["n_controls"],
+                     "n_beads_2d": v["n_beads_2d"]} for v in views)
+    return ExamMeasurement(subject, exam_id, col("x", "y", "z"), col("cle_mm")[:, 0],
+                           col("u_a", "v_a"), col("u_b", "v_b"), np.zeros(len(beads), bool),
+                           summary, hashes, key, {"resumed": 0.0})
+
+
+def _write_results(store, study, measurements, series, prec) -> dict[str, list[str]]:
+    all_flags: dict[str, list[str]] = {}
+    cle_limit = study.thresholds["cle_limit_mm"]
+    sig = {name: {s.subject: significance(s.motions[name], p) for s in series
+                  if name in s.motions} for name, p in prec.items()}
+    for s in series:
+        for e_i, exam in enumerate(s.exams):
+            m = measurements[f"{s.subject}/{exam.id}"]
+            flags = list(s.flags.get(exam.id, []))
+            labels: dict[int, tuple[str, str]] = {}
+            fits = []
+            for seg in s.segments.values():
+                for j, o in enumerate(seg.observed_index[e_i]):
+                    if o >= 0:
+                        labels[int(o)] = (seg.name, seg.bead_ids[j])
+                fits.append(_fit_row(seg, e_i))
+            high = [f"{labels[i][1]} {c:.3f} mm" for i, c in enumerate(m.cle_mm)
+                    if i in labels and c > cle_limit]
+            if high:
+                flags.append(f"CLE above {cle_limit} mm: {', '.join(high)}")
+            motions = []
+            for spec in study.motions:
+                mo = s.motions.get(spec.name)
+                if mo is None:
+                    continue
+                sg = sig[spec.name].get(s.subject)
+                motions.append(_motion_row(spec, mo, e_i, None if sg is None else sg[e_i],
+                                           study.region))
+            rows = _measurement_rows(m, status="flagged" if flags else "ok", exam=exam,
+                                     labels=labels, flags=flags,
+                                     notes=s.notes.get(exam.id, []))
+            rows["fits"] = fits
+            rows["motions"] = motions
+            store.write_exam(m.key, rows)
+            all_flags[m.key] = flags
+    return all_flags
+
+
+def _fit_row(seg, e: int) -> dict:
+    R = None if seg.pose is None else seg.pose.rotation[e]
+    t = None if seg.pose is None else seg.pose.translation[e]
+    return {"segment": seg.name, "rotation": None if R is None else R.tolist(),
+            "translation": None if t is None else t.tolist(), "me_mm": seg.me_mm[e],
+            "cn": seg.cn[e] if np.isfinite(seg.cn[e]) else None,
+            "n_beads": int(seg.n_used[e]),
+            "n_reference": int(np.isfinite(seg.reference_xyz_mm[:, 0]).sum()),
+            "excluded": list(seg.exclusion_reasons[e]) + ([seg.fit_error[e]]
+                                                          if seg.fit_error[e] else [])}
+
+
+def _motion_row(spec, mo, e: int, sig, region: str) -> dict:
+    tr, rot = mo.translation_mm[e], mo.rotation_deg[e]
+    significant = None
+    if sig is not None:
+        significant = dict(zip([*COMPONENTS, "total_translation", "mtpm"],
+                               (bool(x) for x in sig), strict=True))
+        if region == "spine":
+            significant["within_precision"] = not any(sig)
+    return {"motion": spec.name, "segment": spec.segment, "reference": spec.relative_to,
+            "tx": tr[0], "ty": tr[1], "tz": tr[2], "rx": rot[0], "ry": rot[1], "rz": rot[2],
+            "total_translation": mo.total_translation_mm[e],
+            "mtpm": None if mo.mtpm_mm is None else mo.mtpm_mm[e],
+            "mtpm_point": None if mo.mtpm_index is None else int(mo.mtpm_index[e]),
+            "helical_angle": mo.helical.angle_deg[e],
+            "helical_slide": mo.helical.slide_mm[e], "euler_order": spec.order,
+            "significant": significant}
+
+
+def _precision_rows(series, prec) -> list[dict]:
+    rows = []
+    for name, p in prec.items():
+        if p.signed is None:
+            rows.append({"subject": "*", "motion": name, "component": "*", "n": p.n,
+                         "form": "not computed: fewer than 2 double exams"})
+            continue
+        for k, comp in enumerate(COMPONENTS):
+            rows.append({"subject": "*", "motion": name, "component": comp, "n": p.n,
+                         "bias": p.signed.bias[k], "sd": p.signed.sd[k],
+                         "lower": p.signed.lower[k], "upper": p.signed.upper[k],
+                         "repeatability": p.signed.repeatability_coefficient[k],
+                         "form": "mean ± t(0.975, n−1)·SD; repeatability 1.96·SD"})
+        for k, comp in enumerate(("total_translation", "mtpm")):
+            rows.append({"subject": "*", "motion": name, "component": comp, "n": p.n,
+                         "bias": p.upper.mean[k], "sd": p.upper.sd[k], "lower": 0.0,
+                         "upper": p.upper.upper_t[k],
+                         "form": "one-sided: mean + t(0.95, n−1)·SD"})
+    return rows

@@ -1,0 +1,348 @@
+"""From 3D beads of a subject's exams to segment poses, relative motions and precision.
+
+Orchestrates the numeric core for one subject's series (DESIGN §3.4–3.7); no numerics of its
+own beyond book-keeping:
+
+1. reference exam: beads assigned to segments by the approximate coordinates of the manifest
+   (:func:`rsa.match.assign_by_proximity`) or a manual label file;
+2. every exam: beads labelled against each segment's reference marker model
+   (:func:`rsa.match.label_beads`), one observed bead per model bead;
+3. per segment, batched over exams: unstable-bead screening (:func:`rsa.rigid.screen_unstable`),
+   rigid fit (:func:`rsa.rigid.fit_rigid`), ME and CN (:func:`rsa.rigid.condition_number`);
+4. per motion, batched over exams: :func:`rsa.motion.relative_motion` (T_B⁻¹ T_S);
+5. double exams: the motion between an exam and its double is pure error →
+   :func:`rsa.motion.precision` (signed components) and :func:`rsa.motion.precision_upper`
+   (MTPM and total translation, one-sided).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rsa.errors import EstimationError, InputError
+from rsa.io.manifest import ExamSpec, MotionSpec, SegmentSpec, SubjectSpec
+from rsa.match import assign_by_proximity, label_beads
+from rsa.motion import Motion, precision, precision_upper, relative_motion
+from rsa.rigid import Pose, condition_number, fit_rigid, screen_unstable
+
+COMPONENTS = ("tx", "ty", "tz", "rx", "ry", "rz")
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentSeries:
+    """One segment over a subject's exams (E exams, M beads), exams in series order."""
+
+    name: str
+    bead_ids: tuple[str, ...]
+    reference_xyz_mm: np.ndarray          # (M, 3), NaN = bead not found in the reference exam
+    observed_index: np.ndarray            # (E, M) index into each exam's 3D points, -1 missing
+    xyz_mm: np.ndarray                    # (E, M, 3) labelled beads, NaN missing
+    excluded: np.ndarray                  # (E, M) bool: unstable beads left out of the fit
+    exclusion_reasons: tuple[tuple[str, ...], ...]
+    pose: Pose | None                     # batched (E,), reference exam → exam
+    me_mm: np.ndarray                     # (E,)
+    cn: np.ndarray                        # (E,) CN of the beads used in each fit
+    n_used: np.ndarray                    # (E,)
+    ambiguous: np.ndarray                 # (E,) bool labelling ambiguous
+    fit_error: tuple[str, ...] = ()       # per exam: '' or why no pose could be fitted
+
+
+@dataclass(frozen=True, eq=False)
+class SubjectSeries:
+    """Everything measured for one subject."""
+
+    subject: str
+    exams: tuple[ExamSpec, ...]
+    segments: dict[str, SegmentSeries]
+    motions: dict[str, Motion]            # batched over exams
+    double_pairs: tuple[tuple[int, int], ...]   # (partner index, double index)
+    flags: dict[str, list[str]] = field(default_factory=dict)   # exam id → quality flags
+    notes: dict[str, list[str]] = field(default_factory=dict)   # exam id → information only
+
+
+def read_label_file(path: Path) -> dict[str, np.ndarray]:
+    """Manual label override: CSV with header ``bead_id,x,y,z`` (approximate, exam frame, mm)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read label file ({exc}).") from None
+    out = {}
+    for k, row in enumerate(rows, start=2):
+        try:
+            out[row["bead_id"].strip()] = np.array([float(row[c]) for c in "xyz"])
+        except (KeyError, ValueError, AttributeError):
+            raise InputError(f"{path}: line {k}: expected columns bead_id,x,y,z with numbers."
+                             ) from None
+    return out
+
+
+def _override(segment: SegmentSpec, labels: Mapping[str, np.ndarray], points: np.ndarray
+              ) -> np.ndarray | None:
+    """observed_of_model from a manual label file, or None when it names no bead of `segment`."""
+    approx = np.array([labels.get(b, [np.nan] * 3) for b in segment.bead_ids], dtype=float)
+    if not np.isfinite(approx).any():
+        return None
+    return assign_by_proximity(approx, points, tol_mm=segment.tolerance_mm)
+
+
+def _resolve_conflicts(claims: dict[str, np.ndarray], dists: dict[str, np.ndarray]) -> None:
+    """An observed bead claimed by two segments stays with the one that fits it better."""
+    owner: dict[int, tuple[str, int, float]] = {}
+    for name, idx in claims.items():
+        for m, o in enumerate(idx):
+            if o < 0:
+                continue
+            d = dists[name][m]
+            prev = owner.get(int(o))
+            if prev is None or d < prev[2]:
+                if prev is not None:
+                    claims[prev[0]][prev[1]] = -1
+                owner[int(o)] = (name, m, d)
+            else:
+                idx[m] = -1
+
+
+def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
+                    motions: Sequence[MotionSpec], thresholds: Mapping[str, float],
+                    ) -> SubjectSeries:
+    """Label, fit and compute motions for one subject.
+
+    Parameters
+    ----------
+    subject : SubjectSpec
+    points : sequence of (P_e, 3) arrays
+        Triangulated patient beads of each exam of ``subject.exams`` (same order).
+    motions : sequence of MotionSpec
+    thresholds : mapping
+        ``label_tol_mm``, ``label_gate_mm``, ``unstable_limit_mm``, ``min_beads``,
+        ``me_limit_mm``, ``cn_limit``.
+    """
+    exams = subject.exams
+    ref_i = next(i for i, e in enumerate(exams) if e.kind == "reference")
+    labels = [read_label_file(e.labels) if e.labels else {} for e in exams]
+    flags: dict[str, list[str]] = {e.id: [] for e in exams}
+    notes: dict[str, list[str]] = {e.id: [] for e in exams}
+    min_beads = int(thresholds["min_beads"])
+
+    # 1. Reference exam: segment beads from the manifest's approximate coordinates.
+    ref_pts = points[ref_i]
+    claims, dists = {}, {}
+    for seg in subject.segments:
+        idx = _override(seg, labels[ref_i], ref_pts)
+        if idx is None:
+            idx = assign_by_proximity(seg.xyz_mm, ref_pts, tol_mm=seg.tolerance_mm)
+        claims[seg.name] = idx
+        safe = np.where(idx >= 0, idx, 0)
+        dists[seg.name] = np.where(idx >= 0, np.linalg.norm(ref_pts[safe] - seg.xyz_mm, axis=1),
+                                   np.inf)
+    _resolve_conflicts(claims, dists)
+    ref_models = {}
+    for seg in subject.segments:
+        idx = claims[seg.name]
+        model = np.where((idx >= 0)[:, None], ref_pts[np.where(idx >= 0, idx, 0)], np.nan)
+        missing = [b for b, i in zip(seg.bead_ids, idx, strict=True) if i < 0]
+        if missing:
+            notes[exams[ref_i].id].append(
+                f"{seg.name}: {len(missing)} bead(s) not found near their manifest coordinates "
+                f"in the reference exam ({', '.join(missing)})")
+        ref_models[seg.name] = model
+
+    # 2. Label every exam against the reference models.
+    E = len(exams)
+    observed = {s.name: np.full((E, len(s.bead_ids)), -1, dtype=np.intp) for s in subject.segments}
+    ambiguous = {s.name: np.zeros(E, dtype=bool) for s in subject.segments}
+    for e in range(E):
+        claims, dists = {}, {}
+        for seg in subject.segments:
+            model = ref_models[seg.name]
+            if e == ref_i:
+                idx = np.where(np.isfinite(model[:, 0]),
+                               assign_by_proximity(model, points[e], tol_mm=1e-6), -1)
+                claims[seg.name], dists[seg.name] = idx, np.zeros(len(idx))
+                continue
+            idx = _override(seg, labels[e], points[e])
+            if idx is not None:
+                claims[seg.name], dists[seg.name] = idx, np.zeros(len(idx))
+                continue
+            try:
+                # Hypotheses need consistent distances (tol); the final assignment accepts
+                # beads up to the larger gate so that a loosened bead is labelled and then
+                # judged by the unstable-bead screening instead of silently going missing.
+                lab = label_beads(model, points[e], tol_mm=thresholds["label_tol_mm"],
+                                  gate_mm=thresholds["label_gate_mm"], min_beads=min_beads)
+            except EstimationError as exc:
+                flags[exams[e].id].append(f"{seg.name}: beads could not be labelled ({exc})")
+                claims[seg.name] = np.full(len(model), -1, dtype=np.intp)
+                dists[seg.name] = np.full(len(model), np.inf)
+                continue
+            ambiguous[seg.name][e] = lab.ambiguous
+            if lab.ambiguous:
+                flags[exams[e].id].append(f"{seg.name}: labelling ambiguous (symmetric bead "
+                                          "pattern); give a manual label file")
+            claims[seg.name] = lab.observed_of_model.copy()
+            dists[seg.name] = np.nan_to_num(lab.distance_mm, nan=np.inf)
+        _resolve_conflicts(claims, dists)
+        for name, idx in claims.items():
+            observed[name][e] = idx
+
+    # 3. Fits per segment, batched over exams.
+    segments = {}
+    for seg in subject.segments:
+        segments[seg.name] = _fit_segment(seg, ref_models[seg.name], observed[seg.name], points,
+                                          ambiguous[seg.name], thresholds, exams, flags)
+
+    # 4. Motions, batched over exams.
+    motion_out = {}
+    for m in motions:
+        S, B = segments[m.segment], segments[m.relative_to]
+        if S.pose is None or B.pose is None:
+            continue
+        pts = m.points_mm if m.points_mm is not None else S.reference_xyz_mm
+        point = np.nanmean(S.reference_xyz_mm, axis=0) if isinstance(m.point, str) else m.point
+        motion_out[m.name] = relative_motion(B.pose, S.pose, point=point, order=m.order,
+                                             points=pts)
+    index = {e.id: i for i, e in enumerate(exams)}
+    pairs = tuple((index[e.double_of], i) for i, e in enumerate(exams) if e.kind == "double")
+    return SubjectSeries(subject.id, exams, segments, motion_out, pairs, flags, notes)
+
+
+def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, points, ambiguous,
+                 thresholds, exams, flags) -> SegmentSeries:
+    E, M = observed.shape
+    xyz = np.full((E, M, 3), np.nan)
+    for e in range(E):
+        ok = observed[e] >= 0
+        xyz[e, ok] = points[e][observed[e, ok]]
+    xyz[:, ~np.isfinite(model[:, 0])] = np.nan
+    n_valid = np.isfinite(xyz[..., 0]).sum(axis=1)
+    min_beads = int(thresholds["min_beads"])
+    lost = np.isfinite(model[:, 0])[None, :] & ~np.isfinite(xyz[..., 0])
+    for e in range(E):
+        if lost[e].any():
+            gone = [b for b, x in zip(seg.bead_ids, lost[e], strict=True) if x]
+            flags[exams[e].id].append(f"{seg.name}: bead(s) lost since reference: "
+                                      f"{', '.join(gone)}")
+    fittable = n_valid >= 3
+    errors = ["" if ok else f"{n} beads found, need ≥ 3" for ok, n in zip(fittable, n_valid,
+                                                                          strict=True)]
+    excluded = np.zeros((E, M), dtype=bool)
+    reasons: list[tuple[str, ...]] = [() for _ in range(E)]
+    me = np.full(E, np.nan)
+    cn = np.full(E, np.inf)
+    n_used = np.zeros(E, dtype=int)
+    pose = None
+    if fittable.any():
+        x = np.broadcast_to(model, (int(fittable.sum()), M, 3))
+        y = xyz[fittable]
+        try:
+            screen = screen_unstable(x, y, limit_mm=thresholds["unstable_limit_mm"],
+                                     min_beads=max(min_beads, 3))
+            excl = screen.exclude
+            change = screen.per_bead_change_mm
+            limit = thresholds["unstable_limit_mm"]
+            for k, j in zip(*np.nonzero(excl), strict=True):
+                e = int(np.flatnonzero(fittable)[k])
+                reasons[e] = (*reasons[e], f"{seg.bead_ids[j]}: mean inter-bead distance change "
+                              f"{change[k, j]:.2f} mm > limit {limit:.2f} mm")
+        except EstimationError as exc:
+            excl = np.zeros(y.shape[:2], dtype=bool)
+            for e in np.flatnonzero(fittable):
+                errors[e] = str(exc)
+            fittable[:] = False
+        if fittable.any():
+            excluded[fittable] = excl
+            w = (~excl).astype(float)
+            try:
+                fit = fit_rigid(x, y, weights=w)
+            except EstimationError as exc:
+                errors = [str(exc) if f else m for f, m in zip(fittable, errors, strict=True)]
+                fit = None
+            if fit is not None:
+                R = np.tile(np.eye(3), (E, 1, 1)) * np.nan
+                t = np.full((E, 3), np.nan)
+                R[fittable], t[fittable] = fit.rotation, fit.translation
+                me[fittable] = fit.mean_error_mm
+                n_used[fittable] = fit.n_used
+                used = np.isfinite(y[..., 0]) & ~excl
+                cn[fittable] = condition_number(np.where(used[..., None], x, np.nan))
+                pose = Pose(R, t)
+    limit_me, limit_cn = thresholds["me_limit_mm"], thresholds["cn_limit"]
+    for e in range(E):
+        if errors[e]:
+            flags[exams[e].id].append(f"{seg.name}: no fit ({errors[e]})")
+            continue
+        if me[e] > limit_me:
+            flags[exams[e].id].append(f"{seg.name}: ME {me[e]:.3f} mm > limit {limit_me} mm")
+        if cn[e] > limit_cn:
+            flags[exams[e].id].append(f"{seg.name}: CN {cn[e]:.0f} > limit {limit_cn:.0f}")
+        if n_used[e] < min_beads:
+            flags[exams[e].id].append(f"{seg.name}: {n_used[e]} beads used < {min_beads}")
+        for r in reasons[e]:
+            flags[exams[e].id].append(f"{seg.name}: unstable bead excluded: {r}")
+    return SegmentSeries(seg.name, seg.bead_ids, model, observed, xyz, excluded, tuple(reasons),
+                         pose, me, cn, n_used, ambiguous, tuple(errors))
+
+
+def components(motion: Motion) -> np.ndarray:
+    """(E, 6) signed components tx, ty, tz (mm), rx, ry, rz (deg) of a batched motion."""
+    return np.concatenate([motion.translation_mm, motion.rotation_deg], axis=-1)
+
+
+@dataclass(frozen=True, eq=False)
+class PrecisionResult:
+    """Precision of one motion from double exams, pooled over the study."""
+
+    motion: str
+    n: int
+    differences: np.ndarray     # (n, 6) double − partner components
+    lengths: np.ndarray         # (n, 2) total translation and MTPM of double relative to partner
+    signed: object | None       # rsa.motion Precision over the 6 components (n ≥ 2)
+    upper: object | None        # rsa.motion UpperPrecision over the 2 lengths (n ≥ 2)
+
+
+def double_exam_differences(series: SubjectSeries, spec: MotionSpec
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Motion of each double exam relative to its partner: (n, 6) components, (n, 2) lengths."""
+    motion = series.motions.get(spec.name)
+    if motion is None or not series.double_pairs:
+        return np.empty((0, 6)), np.empty((0, 2))
+    p, d = (np.array(i) for i in zip(*series.double_pairs, strict=True))
+    rel = motion.pose
+    Mp = Pose(rel.rotation[p], rel.translation[p])
+    Md = Pose(rel.rotation[d], rel.translation[d])
+    pts = spec.points_mm if spec.points_mm is not None else \
+        series.segments[spec.segment].reference_xyz_mm
+    delta = relative_motion(Mp, Md, point=motion.point_mm[d], order=spec.order, points=pts)
+    return components(delta), np.column_stack([delta.total_translation_mm, delta.mtpm_mm])
+
+
+def study_precision(all_series: Sequence[SubjectSeries], spec: MotionSpec, *,
+                    confidence: float = 0.95) -> PrecisionResult:
+    """Pool double-exam differences of every subject for one motion (needs ≥ 2 for limits)."""
+    parts = [double_exam_differences(s, spec) for s in all_series]
+    diff = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, 6))
+    lengths = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, 2))
+    finite = np.all(np.isfinite(diff), axis=1)
+    diff, lengths = diff[finite], lengths[finite]
+    if len(diff) < 2:
+        return PrecisionResult(spec.name, len(diff), diff, lengths, None, None)
+    return PrecisionResult(spec.name, len(diff), diff, lengths,
+                           precision(diff, confidence=confidence),
+                           precision_upper(lengths, confidence=confidence))
+
+
+def significance(motion: Motion, prec: PrecisionResult) -> np.ndarray | None:
+    """(E, 8) bool: components outside [lower, upper]; total translation and MTPM above the
+    one-sided upper limit. None when the study has < 2 double exams."""
+    if prec.signed is None:
+        return None
+    comp = components(motion)
+    outside = (comp < prec.signed.lower) | (comp > prec.signed.upper)
+    lengths = np.column_stack([motion.total_translation_mm, motion.mtpm_mm])
+    return np.concatenate([outside, lengths > prec.upper.upper_t], axis=1)

@@ -1,0 +1,111 @@
+"""Study manifest validation: every hostile manifest gets an InputError naming file and field."""
+
+import pytest
+
+from rsa.errors import InputError
+from rsa.io.manifest import load_manifest
+
+GOOD = """
+schema = "rsa-study/1"
+[study]
+id = "T"
+cage = "uniplanar"
+region = "spine"
+[thresholds]
+gate_mm = 0.4
+[[motions]]
+segment = "L4"
+relative_to = "L5"
+[[subjects]]
+id = "S01"
+[[subjects.segments]]
+name = "L4"
+xyz_mm = [[0, 0, 0], [10, 0, 0], [0, 10, 0]]
+[[subjects.segments]]
+name = "L5"
+xyz_mm = [[0, 0, 30], [10, 0, 30], [0, 10, 30]]
+[[subjects.exams]]
+id = "REF"
+date = "2026-01-05"
+kind = "reference"
+images = [{ file = "a.dcm", views = ["A"] }, { file = "b.dcm", views = ["B"] }]
+[[subjects.exams]]
+id = "M06"
+date = "2026-07-05"
+kind = "follow-up"
+images = [{ file = "ab.dcm", views = ["A", "B"] }]
+[[subjects.exams]]
+id = "M06-D"
+date = "2026-07-05"
+kind = "double"
+double_of = "M06"
+images = [{ file = "ab.dcm", views = ["A", "B"] }]
+"""
+
+
+def _write(tmp_path, text):
+    for name in ("a.dcm", "b.dcm", "ab.dcm"):
+        (tmp_path / name).write_bytes(b"")
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_manifest(tmp_path):
+    spec = load_manifest(_write(tmp_path, GOOD))
+    assert spec.id == "T"
+    assert spec.cpt_code == "0348T"
+    assert spec.thresholds["gate_mm"] == 0.4
+    assert spec.thresholds["me_limit_mm"] == 0.35  # default
+    (subject,) = spec.subjects
+    assert subject.reference.id == "REF"
+    assert [s.name for s in subject.segments] == ["L4", "L5"]
+    assert subject.segment("L4").bead_ids == ("L401", "L402", "L403")
+    assert subject.exams[1].images[0].views == ("A", "B")
+    assert subject.exams[2].double_of == "M06"
+    assert spec.motions[0].name == "L4/L5"
+    assert len(spec.sha256) == 64
+
+
+@pytest.mark.parametrize(("old", "new", "match"), [
+    ('relative_to = "L5"', 'relative_to = "L3"',
+     r"`motions\[0\].relative_to`: unknown segment 'L3'"),
+    ('id = "M06-D"', 'id = "M06"', r"`subjects\[0\].exams`: duplicate exam id 'M06'"),
+    ('date = "2026-07-05"\nkind = "follow-up"', 'date = "2025-07-05"\nkind = "follow-up"',
+     r"follow-up 'M06' \(2025-07-05\) is dated before the reference exam"),
+    ('region = "spine"', 'region = "knee"', r"`study.region`: expected one of"),
+    ('schema = "rsa-study/1"', 'schema = "rsa-study/9"', r"`schema`: expected 'rsa-study/1'"),
+    ('double_of = "M06"', 'double_of = "M12"', r"`subjects\[0\].exams\[2\].double_of`"),
+    ('kind = "reference"', 'kind = "baseline"', r"`subjects\[0\].exams\[0\].kind`"),
+    ('{ file = "b.dcm", views = ["B"] }', '{ file = "c.dcm", views = ["B"] }',
+     r"image file not found: .*c\.dcm"),
+    ('{ file = "b.dcm", views = ["B"] }', '{ file = "b.dcm", views = ["A"] }',
+     r"expected two distinct views"),
+    ("gate_mm = 0.4", "gate_mm = -1", r"`thresholds.gate_mm`: expected a positive number"),
+    ("gate_mm = 0.4", "gat_mm = 1", r"`thresholds.gat_mm`: unknown threshold"),
+    ('[0, 10, 30]]', '[0, 10, "x"]]', r"`subjects\[0\].segments\[1\].xyz_mm`"),
+    ('id = "T"', 'id = 5', r"`study.id`: expected str, got int 5"),
+    ('date = "2026-01-05"', 'date = "05.01.2026"', r"expected YYYY-MM-DD"),
+    ('kind = "reference"', 'kind = "follow-up"', r"expected exactly one reference exam, got 0"),
+])
+def test_hostile_manifests(tmp_path, old, new, match):
+    assert old in GOOD
+    path = _write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(InputError, match=match) as err:
+        load_manifest(path)
+    assert str(path) in str(err.value)
+
+
+def test_not_toml_and_missing(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[study\nid=")
+    with pytest.raises(InputError, match=r"bad\.toml: not valid TOML"):
+        load_manifest(path)
+    with pytest.raises(InputError, match="manifest file not found"):
+        load_manifest(tmp_path / "nope.toml")
+
+
+def test_unknown_segment_in_one_subject(tmp_path):
+    text = GOOD.replace('name = "L5"', 'name = "S1"')
+    with pytest.raises(InputError, match="unknown segment 'L5'"):
+        load_manifest(_write(tmp_path, text))

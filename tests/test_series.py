@@ -1,0 +1,134 @@
+"""Series analysis (labelling → fits → motion → precision) on constructed 3D bead sets."""
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from rsa.io.manifest import DEFAULT_THRESHOLDS, ExamSpec, MotionSpec, SegmentSpec, SubjectSpec
+from rsa.series import analyse_subject, components, study_precision
+
+SIGMA = 0.01  # mm, bead noise injected below
+
+
+def _beads(rng, n, centre, extent=40.0):
+    pts = []
+    while len(pts) < n:
+        p = rng.uniform(-extent / 2, extent / 2, size=3)
+        if all(np.linalg.norm(p - q) > 6.0 for q in pts):
+            pts.append(p)
+    return np.array(pts) + centre
+
+
+def _T(R, t):
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return T
+
+
+def _apply(T, x):
+    return x @ T[:3, :3].T + T[:3, 3]
+
+
+@pytest.fixture
+def scene():
+    rng = np.random.default_rng(7)
+    bone = _beads(rng, 8, np.array([0.0, -30.0, 300.0]))
+    implant = _beads(rng, 6, np.array([0.0, 20.0, 300.0]))
+    c_imp = implant.mean(axis=0)
+    # true relative motion of the implant (about its centroid) per exam
+    mig = {"REF": np.eye(4), "D": np.eye(4),
+           "F1": _T(np.eye(3), [0.0, -0.3, 0.0]),
+           "F1D": _T(np.eye(3), [0.0, -0.3, 0.0]),
+           "F2": _T(Rotation.from_euler("xyz", [0.5, 0, 0], degrees=True).as_matrix(),
+                    [0.1, -0.5, 0.05])}
+    for k in ("F2",):  # rotate about the implant centroid
+        R = mig[k][:3, :3]
+        mig[k][:3, 3] += c_imp - R @ c_imp
+    exams, points, truth = [], [], {}
+    day = {"REF": 0, "D": 0, "F1": 90, "F1D": 90, "F2": 365}
+    for eid, kind, partner in (("REF", "reference", None), ("D", "double", "REF"),
+                               ("F1", "follow-up", None), ("F1D", "double", "F1"),
+                               ("F2", "follow-up", None)):
+        place = np.eye(4) if eid == "REF" else _T(Rotation.random(random_state=rng).as_matrix()
+                                                  @ np.eye(3), rng.normal(0, 3, 3))
+        b = _apply(place, bone)
+        i = _apply(place @ mig[eid], implant)
+        if eid == "F2":
+            b = b[:-1]                                  # bone bead 7 lost
+            i = i.copy()
+            i[0] += [1.3, 0.0, 0.0]                     # implant bead 0 loosened: unstable
+        pts = np.vstack([b, i, [[500.0, 0, 0], [0, 500.0, 0]]])
+        pts = pts + rng.normal(scale=SIGMA, size=pts.shape)
+        points.append(pts[rng.permutation(len(pts))])
+        exams.append(ExamSpec(eid, dt.date(2026, 1, 1) + dt.timedelta(days=day[eid]), kind, (),
+                              double_of=partner))
+        truth[eid] = mig[eid]
+    approx = np.round(bone + rng.normal(0, 0.2, bone.shape), 1)
+    segs = (SegmentSpec("bone", "bone", tuple(f"B{k}" for k in range(8)), approx, 1.5),
+            SegmentSpec("implant", "implant", tuple(f"I{k}" for k in range(6)),
+                        np.round(implant + rng.normal(0, 0.2, implant.shape), 1), 1.5))
+    return SubjectSpec("S1", segs, tuple(exams)), points, truth, implant
+
+
+def test_motion_recovered(scene):
+    subject, points, truth, implant = scene
+    motion = MotionSpec("implant", "bone")
+    s = analyse_subject(subject, points, [motion], DEFAULT_THRESHOLDS)
+    mo = s.motions["implant/bone"]
+    c = implant.mean(axis=0)
+    for e, exam in enumerate(subject.exams):
+        T = truth[exam.id]
+        true_t = _apply(T, c) - c
+        # Centroid translation error ≈ σ·sqrt(1/6 + 1/8) ≈ 0.006 mm (+ rotation × small lever);
+        # 0.03 mm is a > 4σ bound.
+        np.testing.assert_allclose(mo.translation_mm[e], true_t, atol=0.03)
+        true_r = Rotation.from_matrix(T[:3, :3]).as_euler("xyz", degrees=True)
+        # Rotation SD ≈ σ / (√N · r_rms) ≈ 0.01 / (√6 · 15) rad ≈ 0.016°; 0.08° > 4σ.
+        np.testing.assert_allclose(mo.rotation_deg[e], true_r, atol=0.08)
+    # Implant bead 0 moved 1.3 mm relative to the others in F2 → excluded with a reason.
+    imp = s.segments["implant"]
+    assert imp.excluded[4, 0]
+    assert imp.excluded.sum() == 1
+    assert "I0" in imp.exclusion_reasons[4][0]
+    assert any("unstable bead excluded: I0" in f for f in s.flags["F2"])
+    assert any("lost since reference: B7" in f for f in s.flags["F2"])
+    assert not any(s.flags[e] for e in ("REF", "D", "F1", "F1D"))
+    # ME at noise level (mean of ‖·‖ of 3D Gaussian residuals ≈ 1.6σ·sqrt(1 − 6/(3N)))
+    assert np.all(s.segments["bone"].me_mm < 5 * SIGMA)
+    assert np.all(np.isfinite(s.segments["bone"].cn))
+
+
+def test_double_exam_precision(scene):
+    subject, points, _, _ = scene
+    motion = MotionSpec("implant", "bone")
+    s = analyse_subject(subject, points, [motion], DEFAULT_THRESHOLDS)
+    prec = study_precision([s], motion)
+    assert prec.n == 2
+    assert prec.signed is not None
+    assert prec.upper is not None
+    # Differences are noise: translation SD ≈ σ·sqrt(2 (1/6 + 1/8)) ≈ 0.008 mm plus rotation
+    # noise × lever; 0.05 mm is a generous > 5σ bound.
+    assert np.all(np.abs(prec.differences[:, :3]) < 0.05)
+    comp = components(s.motions["implant/bone"])
+    assert comp.shape == (5, 6)
+
+
+def test_manual_label_override(scene, tmp_path):
+    subject, points, _, _ = scene
+    # Give the F1 exam's implant beads by a label file: approximate coordinates of 3 beads.
+    f1 = points[2]
+    s0 = analyse_subject(subject, points, [MotionSpec("implant", "bone")], DEFAULT_THRESHOLDS)
+    idx = s0.segments["implant"].observed_index[2]
+    path = tmp_path / "labels.csv"
+    rows = ["bead_id,x,y,z"] + [f"I{k},{x:.1f},{y:.1f},{z:.1f}"
+                                for k, (x, y, z) in enumerate(f1[idx[:3]])]
+    path.write_text("\n".join(rows) + "\n")
+    exams = list(subject.exams)
+    e = exams[2]
+    exams[2] = ExamSpec(e.id, e.date, e.kind, e.images, labels=path)
+    sub = SubjectSpec(subject.id, subject.segments, tuple(exams))
+    s = analyse_subject(sub, points, [MotionSpec("implant", "bone")], DEFAULT_THRESHOLDS)
+    np.testing.assert_array_equal(s.segments["implant"].observed_index[2][:3], idx[:3])
+    assert np.all(s.segments["implant"].observed_index[2][3:] == -1)
