@@ -12,6 +12,7 @@ then CSV/JSON exports (:mod:`rsa.io.store`).
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import time
@@ -164,6 +165,7 @@ def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
     progress : callable(stage, done, total), optional
     """
     t0 = time.perf_counter()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     study = manifest if isinstance(manifest, StudySpec) else load_manifest(manifest)
     cage = load_cage(_cage_ref(study))
     out_dir = Path(out_dir)
@@ -176,6 +178,12 @@ def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
         prec = {m.name: study_precision(series, m) for m in study.motions}
         flags = _write_results(store, study, measurements, series, prec)
         store.replace_rows("precision", _precision_rows(series, prec), where={})
+        store.replace_rows("runs", [{
+            "started": started, "software_version": __version__,
+            "manifest": str(study.path.resolve()), "manifest_sha256": study.sha256,
+            "study_id": study.id, "region": study.region, "cpt_code": study.cpt_code,
+            "cage": study.cage, "thresholds": study.thresholds,
+            "seconds": time.perf_counter() - t0}], where={})
         store.export(out_dir)
     finally:
         store.close()

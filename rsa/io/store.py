@@ -2,7 +2,8 @@
 
 Tables
 ------
-``runs``       software version, start time, manifest hash of each run.
+``runs``       the latest run: start time, software version, manifest path and hash, study id,
+               region and CPT code, cage, thresholds, duration.
 ``exams``      one row per analysed exam: subject, date, kind, input files and their SHA-256,
                status, software version, quality flags and notes (JSON lists).
 ``views``      calibration per exam and view: method, focus, reprojection RMS, markers used.
@@ -57,7 +58,9 @@ _TABLES: dict[str, Sequence[tuple[str, str]]] = {
                   ("n", "INTEGER"), ("bias", "REAL"), ("sd", "REAL"), ("lower", "REAL"),
                   ("upper", "REAL"), ("repeatability", "REAL"), ("form", "TEXT")),
     "runs": (("started", "TEXT"), ("software_version", "TEXT"), ("manifest", "TEXT"),
-             ("manifest_sha256", "TEXT")),
+             ("manifest_sha256", "TEXT"), ("study_id", "TEXT"), ("region", "TEXT"),
+             ("cpt_code", "TEXT"), ("cage", "TEXT"), ("thresholds", "TEXT"),
+             ("seconds", "REAL")),
 }
 
 #: Tables whose rows belong to one exam (replaced together).
