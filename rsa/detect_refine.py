@@ -1,0 +1,397 @@
+"""Sub-pixel refinement of bead centres: batched fit of a blurred projected-sphere model.
+
+Internal module of :mod:`rsa.detect` (no input validation here; the caller validates once).
+
+Model
+-----
+A tantalum sphere of radius ``r`` seen from a point focus throws a shadow whose chord length is
+``L(x) = 2 r sqrt(1 − q(x))`` with ``q`` a quadratic form in the detector offset ``x`` from the
+projected centre (a circle at normal incidence, an ellipse of axis ratio ≈ 1/cos θ on a detector
+hit obliquely at angle θ) [1]_. The blocked fraction of the beam is ``S = 1 − exp(−k·sqrt(1−q))``
+with ``k = μ·2r`` the optical depth through the centre. The detector integrates the transmitted
+quanta over each pixel (box) after focal-spot and detector blur (Gaussian, σ):
+``B = box ⊗ G_σ ⊗ S``. A linear (quanta) image shows ``a·B``; a log-converted display (DR systems,
+:mod:`rsa.synthetic.render`) shows ``−a·ln(1 − B)``. Both are members of
+
+    model = A · h_c(B) + b0 + b_u (u_px − u_c) + b_v (v_px − v_c),   h_c(B) = −ln(1 − c·B)/c,
+
+with ``c → 0`` the linear and ``c → 1`` the log display, fitted per bead. The sharp profile is
+sampled on a sub-pixel grid *centred on the current bead estimate*, and the box ⊗ Gaussian kernel
+is applied analytically (differences of normal CDFs) as two separable matrices,
+``B = K_v(v, σ) · S · K_u(u, σ)ᵀ``. Because the sub-grid moves with the bead, the model is an exactly
+point-symmetric, smooth function of ``(pixel − centre)``: the discretisation of the sharp rim
+changes the profile only symmetrically and cannot bias the centre or lock it to the pixel grid.
+
+Fitting is a Levenberg–Marquardt iteration [2]_ vectorised over beads. Derivatives in the centre
+and blur are analytic (kernel derivatives); radius and ellipticity act as linear maps of the
+profile coordinates and are differentiated by parts through the kernels (no rim singularity).
+A second pass is weighted by a pooled variance model ``var(model value)`` estimated from binned
+squared residuals (Poisson + electronic noise in any display), and the centre covariance is the
+sandwich ``H⁻¹ (Jᵀ W^{½} C W^{½} J) H⁻¹`` with the noise correlation ``C`` (detector blur spreads
+each quantum over neighbouring pixels) estimated from the pooled residual autocorrelation [3]_.
+
+References
+----------
+.. [1] Selvik G. Roentgen stereophotogrammetry. Acta Orthop Scand Suppl 1989;232:1–51.
+.. [2] Madsen K, Nielsen HB, Tingleff O. Methods for non-linear least squares problems, 2nd ed.
+       DTU 2004, §3.2 (Levenberg–Marquardt with diagonal damping).
+.. [3] Kay SM. Fundamentals of Statistical Signal Processing: Estimation Theory. Prentice Hall
+       1993, §4.5 and §8.4 (weighted least squares and its covariance under coloured noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr
+
+# parameter layout
+IU, IV, IR, IE1, IE2, ILS, ILK, ILC, IA, IB0, IBU, IBV = range(12)
+NPAR = 12
+_SQRT2PI = np.sqrt(2.0 * np.pi)
+_DEBUG = False
+LAG = 2   # noise-correlation lags (px) used in the sandwich covariance
+
+
+@dataclass(frozen=True)
+class FitSetup:
+    """Fixed numerical set-up shared by all beads of one fit."""
+
+    half: int            # window half width (px), window = 2*half+1
+    sub: int             # sub-samples per pixel of the sharp profile
+    r_lo: float
+    r_hi: float
+    blur_lo: float = 0.25
+    blur_hi: float = 3.0
+    k_lo: float = 0.05
+    k_hi: float = 60.0
+    t_lim: float = 5.0   # c = tanh(t) limited to |t| ≤ t_lim
+    e_max: float = 0.35
+    rim: float = 0.1     # rim smoothing width in units of the radius
+
+
+def make_setup(r_lo: float, r_hi: float, *, sub: int = 3, blur_guess: float = 1.0) -> FitSetup:
+    """Window and sub-grid sizes that hold beads of radius up to ``r_hi`` px."""
+    half = int(np.ceil(r_hi * 1.15 + 3.0 * blur_guess + 1.5))
+    return FitSetup(half=half, sub=sub, r_lo=r_lo, r_hi=r_hi * 1.3,
+                    rim=1.0 / (sub * 0.7 * r_lo))
+
+
+def _grid(setup: FitSetup, p: np.ndarray) -> np.ndarray:
+    """Bead-centred sub-grid (G,) in px, just wide enough for the largest current ellipse."""
+    e = np.hypot(p[:, IE1], p[:, IE2])
+    extent = float(np.max(p[:, IR] / np.sqrt(1.0 - e))) if len(p) else 1.0
+    n = int(np.ceil((extent + 0.5) * setup.sub))
+    return np.arange(-n, n + 1) / setup.sub
+
+
+def sharp_profile(p: np.ndarray, g: np.ndarray, d: float, derivs: bool = False
+                  ) -> tuple[np.ndarray, ...]:
+    """Blocked fraction S (N, G, G) on the bead-centred sub-grid ``g`` (row = v, column = u).
+
+    With ``derivs`` also returns dS/dlog k (smooth; the geometric parameters are differentiated
+    through the kernels, see :func:`model_and_jacobian`).
+    """
+    R2 = (p[:, IR] ** 2)[:, None, None]
+    e1 = p[:, IE1, None, None]
+    e2 = p[:, IE2, None, None]
+    k = np.exp(p[:, ILK])[:, None, None]
+    x = g[None, None, :]
+    y = g[None, :, None]
+    qn = (x * x + y * y) + e1 * (x * x - y * y) + (2.0 * e2) * (x * y)
+    rho = np.sqrt(qn / R2)
+    # chord factor √(1−ρ²) = √(1+ρ)·√(1−ρ), with √(1−ρ) averaged over a fixed width d of the
+    # normalised radius (≥ one sub-cell for the smallest bead) so that the sampled rim moves
+    # smoothly with R; d is constant, so S(x; R) = F(x/R) stays exactly homogeneous in R
+    y0 = 1.0 - rho
+    hi = np.clip(y0 + 0.5 * d, 0.0, None)
+    lo = np.clip(y0 - 0.5 * d, 0.0, None)
+    s = np.sqrt(1.0 + np.minimum(rho, 1.0)) * (2.0 / 3.0) * (hi * np.sqrt(hi) - lo * np.sqrt(lo)) / d
+    ex = np.exp(-k * s)
+    S = 1.0 - ex
+    if not derivs:
+        return (S,)
+    return S, k * s * ex
+
+
+def _kernels(centre: np.ndarray, sigma: np.ndarray, pix: np.ndarray, g: np.ndarray,
+             sub: int, derivs: bool) -> tuple[np.ndarray, ...]:
+    """Pixel-box ⊗ Gaussian kernel from the sub-grid to the window pixels, (N, W, G).
+
+    ``pix`` (N, W) consecutive integer pixel centres, ``centre`` (N,) bead coordinate along the
+    axis. Returns K and, if ``derivs``, dK/dcentre and dK/dlog σ. The normal CDF is evaluated
+    once per pixel boundary (W + 1 of them) and differenced.
+    """
+    edges = np.concatenate([pix - 0.5, pix[:, -1:] + 0.5], axis=1)      # (N, W+1)
+    s = sigma[:, None, None]
+    a = (edges[:, :, None] - centre[:, None, None] - g[None, None, :]) / s
+    w = 1.0 / sub
+    Phi = ndtr(a)
+    K = (Phi[:, 1:] - Phi[:, :-1]) * w
+    if not derivs:
+        return (K,)
+    phi = np.exp(-0.5 * a * a) * (w / _SQRT2PI)
+    dK_dc = -(phi[:, 1:] - phi[:, :-1]) / s            # d/dcentre = −d/dx
+    pa = phi * a
+    dK_dls = -(pa[:, 1:] - pa[:, :-1])                  # σ d/dσ
+    return K, dK_dc, dK_dls
+
+
+def _display(B: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """h_c(B) = −ln(1 − cB)/c, dh/dB and dh/dt for c = tanh(t), broadcast over (N, W, W)."""
+    c = np.tanh(t)[:, None, None]
+    small = np.abs(c) < 1e-3
+    cs = np.where(small, 1e-3, c)
+    one_m = np.maximum(1.0 - c * B, 1e-12)
+    lg = np.log(one_m)
+    h = np.where(small, B + 0.5 * c * B * B, -lg / cs)
+    dh_dB = 1.0 / one_m
+    dh_dc = np.where(small, 0.5 * B * B + (2.0 / 3.0) * c * B ** 3,
+                     B / (cs * one_m) + lg / (cs * cs))
+    return h, dh_dB, dh_dc * (1.0 - c * c)
+
+
+def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.ndarray,
+                       cv: np.ndarray, setup: FitSetup, jac: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model (N, W, W) and Jacobian (N, 12, W, W) for window pixel coordinates pu, pv (N, W).
+
+    ``cu``, ``cv`` (N,) are the reference coordinates of the background plane.
+    """
+    sigma = np.exp(p[:, ILS])
+    g = _grid(setup, p)
+    Sd = sharp_profile(p, g, setup.rim, jac)
+    S = Sd[0]
+    Ku = _kernels(p[:, IU], sigma, pu, g, setup.sub, jac)
+    Kv = _kernels(p[:, IV], sigma, pv, g, setup.sub, jac)
+    KvS = Kv[0] @ S                                    # (N, W, G)
+    KuT = np.swapaxes(Ku[0], 1, 2)                     # (N, G, W)
+    B = KvS @ KuT                                      # (N, W, W)
+    h, dh, dht = _display(B, p[:, ILC])
+    A = p[:, IA, None, None]
+    du = (pu - cu[:, None])[:, None, :]
+    dv = (pv - cv[:, None])[:, :, None]
+    model = A * h + p[:, IB0, None, None] + p[:, IBU, None, None] * du \
+        + p[:, IBV, None, None] * dv
+    if not jac:
+        return model, None
+    Ad = A * dh
+    dKvS = Kv[1] @ S
+    dKuT = np.swapaxes(Ku[1], 1, 2)
+    J = np.empty((model.shape[0], NPAR, *model.shape[1:]))   # parameter axis second
+    J[:, IU] = Ad * (KvS @ dKuT)
+    J[:, IV] = Ad * (dKvS @ KuT)
+    J[:, ILS] = Ad * ((Kv[2] @ S) @ KuT + KvS @ np.swapaxes(Ku[2], 1, 2))
+    # radius and ellipticity: central differences of the sampled profile (the objective itself;
+    # the rim is smoothed over a fixed fraction of R, so the sampled model is smooth in them)
+    for i in (IR, IE1, IE2):
+        step = 1e-3 * (p[:, IR] if i == IR else np.ones(len(p)))
+        qp, qm = p.copy(), p.copy()
+        qp[:, i] += step
+        qm[:, i] -= step
+        dS = (sharp_profile(qp, g, setup.rim)[0] - sharp_profile(qm, g, setup.rim)[0])
+        J[:, i] = Ad * (((Kv[0] @ dS) @ KuT) / (2.0 * step[:, None, None]))
+    J[:, ILK] = Ad * ((Kv[0] @ Sd[1]) @ KuT)
+    J[:, ILC] = A * dht
+    J[:, IA] = h
+    J[:, IB0] = 1.0
+    J[:, IBU] = np.broadcast_to(du, model.shape)
+    J[:, IBV] = np.broadcast_to(dv, model.shape)
+    return model, J
+
+
+def _clip(p: np.ndarray, setup: FitSetup) -> np.ndarray:
+    p[:, IR] = np.clip(p[:, IR], 0.5 * setup.r_lo, setup.r_hi)
+    e = np.hypot(p[:, IE1], p[:, IE2])
+    f = np.minimum(1.0, setup.e_max / np.maximum(e, 1e-12))
+    p[:, IE1] *= f
+    p[:, IE2] *= f
+    p[:, ILS] = np.clip(p[:, ILS], np.log(setup.blur_lo), np.log(setup.blur_hi))
+    p[:, ILK] = np.clip(p[:, ILK], np.log(setup.k_lo), np.log(setup.k_hi))
+    p[:, ILC] = np.clip(p[:, ILC], -setup.t_lim, setup.t_lim)
+    return p
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Per-bead fit output (plain arrays, internal)."""
+
+    params: np.ndarray      # (N, 12)
+    cov_uv: np.ndarray      # (N, 2, 2) centre covariance
+    resid: np.ndarray       # (N, W, W) data − model
+    model: np.ndarray       # (N, W, W)
+    chi2_red: np.ndarray    # (N,) Σ w r² / (n − p)
+    npix: np.ndarray        # (N,) pixels used
+
+
+def linear_init(p: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray,
+                pv: np.ndarray, cu: np.ndarray, cv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Solve the linear parameters (amplitude, background plane) for fixed shape parameters."""
+    q = p.copy()
+    q[:, [IA, IB0, IBU, IBV]] = [1.0, 0.0, 0.0, 0.0]
+    h = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
+    du = np.broadcast_to((pu - cu[:, None])[:, None, :], h.shape)
+    dv = np.broadcast_to((pv - cv[:, None])[:, :, None], h.shape)
+    Bm = np.stack([h, np.ones_like(h), du, dv], axis=1).reshape(len(p), 4, -1)
+    Bw = Bm * wts.reshape(len(p), 1, -1)
+    H = Bw @ np.swapaxes(Bm, 1, 2)
+    H += 1e-9 * np.eye(4) * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1), 1e-300)[:, None,
+                                                                                        None]
+    rhs = Bw @ data.reshape(len(p), -1, 1)
+    lin = np.linalg.solve(H, rhs)[..., 0]
+    q[:, [IA, IB0, IBU, IBV]] = lin
+    return q
+
+
+def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+        setup: FitSetup, *, iterations: int = 12, rho: np.ndarray | None = None,
+        init_linear: bool = True, fixed: tuple[int, ...] = ()) -> FitResult:
+    """Levenberg–Marquardt fit of all beads at once.
+
+    Parameters
+    ----------
+    p0 : (N, 12) initial parameters.
+    data : (N, W, W) pixel values of each bead's window.
+    wts : (N, W, W) inverse pixel variances (0 for padding / masked pixels; 1 = unweighted).
+    pu, pv : (N, W) pixel-centre coordinates of the window columns / rows.
+    rho : (2·LAG+1, 2·LAG+1) or None
+        Normalised autocorrelation of the whitened noise; the centre covariance is the sandwich
+        estimate under it (white noise when None).
+    fixed : tuple of parameter indices held at their start values.
+    """
+    free = np.ones(NPAR, bool)
+    free[list(fixed)] = False
+    n = len(p0)
+    cu = pu[:, setup.half].astype(float)
+    cv = pv[:, setup.half].astype(float)
+    p = _clip(linear_init(p0, data, wts, pu, pv, cu, cv, setup) if init_linear
+              else p0.copy(), setup)
+    lam = np.full(n, 1e-3)
+    model, J = model_and_jacobian(p, pu, pv, cu, cv, setup)
+    J[:, ~free] = 0.0
+    r = data - model
+    cost = np.einsum("nij,nij->n", wts, r * r)
+    active = np.ones(n, bool)
+    eye = np.eye(NPAR)
+    for _ in range(iterations):
+        idx = np.flatnonzero(active)
+        if _DEBUG:
+            print("active", idx.size)
+        if idx.size == 0:
+            break
+        Jf = J[idx].reshape(idx.size, NPAR, -1)
+        Jw = Jf * wts[idx].reshape(idx.size, 1, -1)
+        H = Jw @ np.swapaxes(Jf, 1, 2)
+        grad = (Jw @ r[idx].reshape(idx.size, -1, 1))[..., 0]
+        d = np.diagonal(H, axis1=1, axis2=2)
+        Hd = H + (lam[idx, None] * d + 1e-12 * d.max(1, keepdims=True) + 1e-300
+                  + ~free)[:, :, None] * eye
+        step = np.linalg.solve(Hd, grad[..., None])[..., 0]
+        pt = _clip(p[idx] + step, setup)
+        mt, Jt = model_and_jacobian(pt, pu[idx], pv[idx], cu[idx], cv[idx], setup)
+        Jt[:, ~free] = 0.0
+        rt = data[idx] - mt
+        ct = np.einsum("nij,nij->n", wts[idx], rt * rt)
+        ok = ct <= cost[idx]
+        acc = idx[ok]
+        small = np.max(np.abs(step[:, :2]), axis=1) < 1e-4
+        if _DEBUG:
+            print("step med %.2e max %.2e ok %.2f lam %.1e cost %.4e" % (
+                np.median(np.abs(step[:, :2])), np.abs(step[:, :2]).max(), ok.mean(),
+                np.median(lam[idx]), cost.sum()))
+        rel = (cost[idx] - np.where(ok, ct, cost[idx])) / np.maximum(cost[idx], 1e-300)
+        p[acc], model[acc], J[acc], r[acc], cost[acc] = pt[ok], mt[ok], Jt[ok], rt[ok], ct[ok]
+        # converged: an accepted, small Gauss–Newton-like step (not one shrunk by damping)
+        done = (ok & small & (rel < 1e-6)) | (lam[idx] > 1e8)
+        lam[acc] = np.maximum(lam[acc] * 0.3, 1e-7)
+        lam[idx[~ok]] *= 10.0
+        active[idx[done]] = False
+    Jf = J.reshape(n, NPAR, -1)
+    sw = np.sqrt(wts).reshape(n, 1, -1)
+    Jw = Jf * sw
+    H = Jw @ np.swapaxes(Jw, 1, 2)
+    H += 1e-9 * eye * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1), 1e-300)[:, None, None]
+    Hinv = np.linalg.pinv(H, hermitian=True)
+    npix = (wts > 0).reshape(n, -1).sum(1)
+    chi2 = cost / np.maximum(npix - NPAR, 1)
+    if rho is None:
+        cov = Hinv[:, :2, :2]
+    else:
+        G = (Hinv[:, :2, :] @ Jw).reshape(n, 2, *data.shape[1:])    # influence images
+        cov = np.zeros((n, 2, 2))
+        W = data.shape[1]
+        for dy in range(-LAG, LAG + 1):
+            for dx in range(-LAG, LAG + 1):
+                c = rho[dy + LAG, dx + LAG]
+                if c == 0.0:
+                    continue
+                a = G[:, :, max(0, -dy):W - max(0, dy), max(0, -dx):W - max(0, dx)]
+                b = G[:, :, max(0, dy):W - max(0, -dy), max(0, dx):W - max(0, -dx)]
+                cov += c * np.einsum("niyx,njyx->nij", a, b)
+        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    cov = cov * chi2[:, None, None]
+    return FitResult(params=p, cov_uv=cov, resid=r, model=model, chi2_red=chi2, npix=npix)
+
+
+@dataclass(frozen=True)
+class VarianceModel:
+    """Pixel variance as a piecewise-linear function of the model value (log-variance knots)."""
+
+    knots: np.ndarray       # (K,) model values
+    log_var: np.ndarray     # (K,)
+
+    def __call__(self, m: np.ndarray) -> np.ndarray:
+        return np.exp(np.interp(m, self.knots, self.log_var))
+
+    def background_sigma(self, m: np.ndarray) -> np.ndarray:
+        return np.sqrt(self(m))
+
+
+def variance_model(model: np.ndarray, resid: np.ndarray, wts: np.ndarray, use: np.ndarray,
+                   *, bins: int = 16) -> VarianceModel:
+    """Pooled variance of the residuals, binned by model value (quantile bins).
+
+    The residuals of an unweighted fit with ``p`` parameters on ``n`` pixels have variance
+    ``(1 − p/n)`` times the noise variance on average; this is corrected.
+    """
+    m = model[use].ravel()
+    r2 = (resid[use] ** 2).ravel()
+    ok = wts[use].ravel() > 0
+    m, r2 = m[ok], r2[ok]
+    if m.size < 4 * bins:
+        v = max(float(np.mean(r2)) if m.size else 1.0, 1e-30)
+        return VarianceModel(np.array([0.0, 1.0]), np.log([v, v]))
+    corr = 1.0 / max(1.0 - NPAR / (m.size / max(int(use.sum()), 1)), 0.5)
+    order = np.argsort(m)
+    ms, rs = m[order], r2[order] * corr
+    edges = np.linspace(0, m.size, bins + 1).astype(int)
+    cs_m = np.concatenate([[0.0], np.cumsum(ms)])
+    cs_r = np.concatenate([[0.0], np.cumsum(rs)])
+    cnt = np.diff(edges)
+    mm = (cs_m[edges[1:]] - cs_m[edges[:-1]]) / cnt
+    vv = (cs_r[edges[1:]] - cs_r[edges[:-1]]) / cnt
+    vv = np.maximum(vv, 1e-6 * vv.max() + 1e-300)
+    keep = np.concatenate([[True], np.diff(mm) > 0])
+    return VarianceModel(mm[keep], np.log(vv[keep]))
+
+
+def noise_correlation(resid: np.ndarray, wts: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """Pooled normalised autocorrelation (2·LAG+1, 2·LAG+1) of whitened residuals."""
+    z = (resid * np.sqrt(wts))[use]
+    W = z.shape[-1]
+    rho = np.zeros((2 * LAG + 1, 2 * LAG + 1))
+    if z.size == 0:
+        rho[LAG, LAG] = 1.0
+        return rho
+    for dy in range(-LAG, LAG + 1):
+        for dx in range(-LAG, LAG + 1):
+            a = z[:, max(0, -dy):W - max(0, dy), max(0, -dx):W - max(0, dx)]
+            b = z[:, max(0, dy):W - max(0, -dy), max(0, dx):W - max(0, -dx)]
+            rho[dy + LAG, dx + LAG] = np.mean(a * b)
+    rho /= rho[LAG, LAG]
+    # symmetrise and drop lags indistinguishable from zero (|ρ| < 3/√n)
+    rho = 0.5 * (rho + rho[::-1, ::-1])
+    rho[np.abs(rho) < 3.0 / np.sqrt(z.size)] = 0.0
+    rho[LAG, LAG] = 1.0
+    return rho
