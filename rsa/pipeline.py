@@ -119,7 +119,14 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
                      "rms_mm": float(v.rms_mm),
                      "n_fiducials": int(v.identification.n_fiducials),
                      "n_controls": int(v.identification.n_controls),
-                     "n_beads_2d": len(beads[n].uv_px)}
+                     "n_beads_2d": len(beads[n].uv_px),
+                     "markers": [{"view": v.name, "marker_id": str(i), "role": str(r),
+                                  "u": uv[0], "v": uv[1], "du_px": d[0], "dv_px": d[1],
+                                  "residual_mm": mm}
+                                 for i, r, uv, d, mm in zip(v.marker_ids, v.marker_roles,
+                                                           v.marker_uv_px.tolist(),
+                                                           v.residuals_px.tolist(),
+                                                           v.residuals_mm.tolist(), strict=True)]}
                     for v, n in ((cal.a, names[0]), (cal.b, names[1])))
     hashes = tuple(dict.fromkeys(r.sha256 for r in views.values()))
     return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
@@ -252,6 +259,7 @@ def _measurement_rows(m: ExamMeasurement, *, status: str, exam: ExamSpec | None 
               "focus_y": v["focus"][1], "focus_z": v["focus"][2], "rms_px": v["rms_px"],
               "rms_mm": v["rms_mm"], "n_fiducials": v["n_fiducials"],
               "n_controls": v["n_controls"], "n_beads_2d": v["n_beads_2d"]} for v in m.views]
+    markers = [mk for v in m.views for mk in v.get("markers", [])]
     exam_row = {"subject": m.subject, "exam_id": m.exam_id, "sha256": list(m.sha256),
                 "inputs_key": m.inputs_key, "status": status, "software_version": __version__,
                 "flags": flags or [], "notes": notes or [],
@@ -259,12 +267,15 @@ def _measurement_rows(m: ExamMeasurement, *, status: str, exam: ExamSpec | None 
     if exam is not None:
         exam_row.update(date=exam.date.isoformat(), kind=exam.kind,
                         files=[str(f) for f in exam.files])
-    return {"exams": [exam_row], "views": views, "beads": beads}
+    return {"exams": [exam_row], "views": views, "beads": beads, "markers": markers}
 
 
 def _measurement_from_store(store, subject, exam_id, hashes, key) -> ExamMeasurement:
     beads = store.rows("beads", exam_key=f"{subject}/{exam_id}")
     views = store.rows("views", exam_key=f"{subject}/{exam_id}")
+    markers = store.rows("markers", exam_key=f"{subject}/{exam_id}")
+    for mk in markers:
+        del mk["exam_key"]
 
     def col(*names):
         return np.array([[np.nan if b[n] is None else b[n] for n in names] for b in beads],
@@ -274,7 +285,9 @@ def _measurement_from_store(store, subject, exam_id, hashes, key) -> ExamMeasure
                      "focus": [v["focus_x"], v["focus_y"], v["focus_z"]],
                      "rms_px": v["rms_px"], "rms_mm": v["rms_mm"],
                      "n_fiducials": v["n_fiducials"], "n_controls": v["n_controls"],
-                     "n_beads_2d": v["n_beads_2d"]} for v in views)
+                     "n_beads_2d": v["n_beads_2d"],
+                     "markers": [mk for mk in markers if mk["view"] == v["view"]]}
+                    for v in views)
     return ExamMeasurement(subject, exam_id, col("x", "y", "z"), col("cle_mm")[:, 0],
                            col("u_a", "v_a"), col("u_b", "v_b"), np.zeros(len(beads), bool),
                            summary, hashes, key, {"resumed": 0.0})

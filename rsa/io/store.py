@@ -7,6 +7,8 @@ Tables
 ``exams``      one row per analysed exam: subject, date, kind, input files and their SHA-256,
                status, software version, quality flags and notes (JSON lists).
 ``views``      calibration per exam and view: method, focus, reprojection RMS, markers used.
+``markers``    identified cage markers per exam and view: id, role, detected u/v, reprojection
+               residual (px) and object-space residual (mm).
 ``beads``      3D beads per exam: segment, bead id, x/y/z (mm), CLE (mm), 2D positions per view.
 ``fits``       per exam and segment: pose relative to the reference exam (R, t), ME, CN, beads
                used, excluded beads with reasons.
@@ -43,6 +45,9 @@ _TABLES: dict[str, Sequence[tuple[str, str]]] = {
     "views": (("exam_key", "TEXT"), ("view", "TEXT"), ("method", "TEXT"), ("focus_x", "REAL"),
               ("focus_y", "REAL"), ("focus_z", "REAL"), ("rms_px", "REAL"), ("rms_mm", "REAL"),
               ("n_fiducials", "INTEGER"), ("n_controls", "INTEGER"), ("n_beads_2d", "INTEGER")),
+    "markers": (("exam_key", "TEXT"), ("view", "TEXT"), ("marker_id", "TEXT"),
+                ("role", "TEXT"), ("u", "REAL"), ("v", "REAL"), ("du_px", "REAL"),
+                ("dv_px", "REAL"), ("residual_mm", "REAL")),
     "beads": (("exam_key", "TEXT"), ("segment", "TEXT"), ("bead_id", "TEXT"), ("x", "REAL"),
               ("y", "REAL"), ("z", "REAL"), ("cle_mm", "REAL"), ("u_a", "REAL"), ("v_a", "REAL"),
               ("u_b", "REAL"), ("v_b", "REAL")),
@@ -64,7 +69,7 @@ _TABLES: dict[str, Sequence[tuple[str, str]]] = {
 }
 
 #: Tables whose rows belong to one exam (replaced together).
-EXAM_TABLES = ("exams", "views", "beads", "fits", "motions")
+EXAM_TABLES = ("exams", "views", "markers", "beads", "fits", "motions")
 
 
 class ResultStore:
