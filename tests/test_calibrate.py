@@ -321,3 +321,60 @@ def test_reuse_identification():
     with pytest.raises(CalibrationError, match="identification is of view 'A'"):
         calibrate_view(_EXAM0.b.uv_px, CAGES["uniplanar"], view="B",
                        identification=_VIEW.identification, **KW)
+
+
+# -- end to end through rendered radiographs (slow) ----------------------------------------------
+def _centroid_beads(image: np.ndarray, radius_px: float) -> np.ndarray:
+    """Minimal reference detector for the end-to-end test (not rsa.detect): background removed
+    by a coarse median, blobs above 5 noise SD, intensity-weighted centroids (u, v)."""
+    from scipy import ndimage as ndi
+
+    f = image.astype(float)
+    bg = ndi.zoom(ndi.median_filter(f[::4, ::4], size=9), 4, order=1)[: f.shape[0], : f.shape[1]]
+    hp = f - bg
+    noise = 1.4826 * np.median(np.abs(hp - np.median(hp)))
+    lab, n = ndi.label(ndi.gaussian_filter(hp, 1.0) > 5 * noise)
+    idx = np.arange(1, n + 1)
+    area = ndi.sum(np.ones_like(hp), lab, idx)
+    keep = idx[(area > 0.3 * np.pi * radius_px**2) & (area < 3 * np.pi * radius_px**2)]
+    return np.array(ndi.center_of_mass(np.clip(hp, 0, None), lab, keep))[:, ::-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", ["uniplanar", "biplanar"])
+def test_end_to_end_rendered(setup):
+    # Phantom scene (rsa.synthetic.scene: implant, anatomy, perturbed geometry) rendered
+    # physically (blur, quantum noise, implant shadows hiding beads) → bead centroids →
+    # calibrate_exam. Truth label of a detection: the exact projection within 1 px of it;
+    # spurious detections (implant edges, partly hidden beads) stay in the list as clutter.
+    # (rsa.detect.detect_beads should replace _centroid_beads here once it is finished.)
+    from rsa.synthetic.render import render_view
+    from rsa.synthetic.scene import build_scene
+
+    scene = build_scene("implant", setup=setup, seed=3)
+    exam, cage = scene.exams[0], scene.cage
+    pat = np.concatenate(list(scene.exam_beads(exam).values()))
+    centres = np.concatenate([cage.xyz_mm, pat])
+    radii = np.concatenate([cage.diameter_mm] + [s.diameter_mm for s in scene.segments]) / 2
+    beads, labels, exact = [], [], []
+    for v in exam.views:
+        rv = render_view(v, centres, radii, capsules=scene.exam_capsules(exam), rng=3)
+        uv = _centroid_beads(rv.image, 0.55 / v.pixel_spacing_mm[0])
+        d = np.linalg.norm(uv[:, None] - rv.uv_px[None], axis=-1)
+        beads.append(uv)
+        labels.append(np.where(d.min(1) < 1.0, d.argmin(1), -1))
+        exact.append(rv.uv_px)
+    v0 = exam.views[0]
+    cal = calibrate_exam(beads[0], beads[1], cage, views=(v0.name, exam.views[1].name),
+                         pixel_spacing_mm=v0.pixel_spacing_mm, image_shape=v0.shape)
+    n_cage = cage.xyz_mm.shape[0]
+    for v, lab, tv in zip((cal.a, cal.b), labels, exam.views, strict=True):
+        np.testing.assert_array_equal(lab[v.bead_index], v.marker_index)  # no wrong labels
+        assert v.bead_index.size == np.count_nonzero((lab >= 0) & (lab < n_cage))
+        assert v.rms_px < 0.1  # centroids of rendered markers are good to ~0.01–0.03 px
+        assert np.linalg.norm(v.focus_mm - tv.focus_mm) < 0.5
+    # The patient beads lie on bone and implant shadows, beyond this minimal detector: test the
+    # calibration at them with their exact images (calibration-only error, DESIGN issue #6
+    # budget 0.02 mm for the whole chain; the calibration's share is a fraction of it).
+    p, _ = cal.triangulate(exact[0][n_cage:], exact[1][n_cage:])
+    assert np.sqrt(np.mean(np.sum((p - pat) ** 2, -1))) <= 0.01
