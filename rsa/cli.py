@@ -253,3 +253,29 @@ def demo(
     Console().print(table)
     typer.echo(f"Study in {study_dir}, results in {result.out_dir} "
                f"({result.seconds:.1f} s analysis).")
+
+
+@app.command()
+def report(
+    results: str = typer.Argument(..., help="Results folder of `rsa analyze` (results.sqlite)."),
+    out: str = typer.Option(..., "--out", help="Folder for the reports."),
+    fmt: str = typer.Option("html,pdf", "--format", help="Comma-separated: html, pdf."),
+    include_phi: bool = typer.Option(
+        False, "--include-phi",
+        help="Show patient name, ID and birth date (read now from the DICOM headers)."),
+    subject: str = typer.Option(None, "--subject", help="Report only this subject."),
+    overlays: str = typer.Option("key", "--overlays",
+                                 help="Radiograph overlays: key (reference + last follow-up), "
+                                      "all, none."),
+) -> None:
+    """Write interpretation-ready HTML/PDF reports (per subject and per study)."""
+    from rsa.report import build_report
+
+    formats = tuple(f.strip().lower() for f in fmt.split(",") if f.strip())
+    try:
+        paths = build_report(results, out, formats=formats, include_phi=include_phi,
+                             subject=subject, overlays=overlays)
+    except RsaError as exc:
+        fail(exc)
+    for p in paths:
+        typer.echo(f"Wrote {p}")
