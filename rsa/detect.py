@@ -41,7 +41,6 @@ from numpy.typing import ArrayLike
 from rsa._validate import readonly
 from rsa.detect_refine import (
     IA,
-    IB0,
     IBU,
     IBV,
     IE1,
@@ -52,17 +51,22 @@ from rsa.detect_refine import (
     IR,
     IU,
     IV,
+    LINEAR,
     NPAR,
     FitResult,
     FitSetup,
+    background,
     fit,
     make_setup,
     model_and_jacobian,
     noise_correlation,
+    transmission_variance,
 )
 from rsa.errors import InputError
 
 __all__ = ["Beads2D", "DetectOptions", "detect_beads"]
+_DEBUG = False
+_SIGN = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,10 @@ class DetectOptions:
         Whether beads are brighter (MONOCHROME2 sense, what :mod:`rsa.io` returns) or darker
         than their surroundings. ``"auto"`` runs the candidate stage for both polarities and
         keeps the one with more round, strong candidates; pass the polarity when it is known.
+    display : {"auto", "log", "linear"}
+        Whether pixel values are logarithmic (DR "for presentation" images) or linear in the
+        detected quanta. ``"auto"`` decides from the image noise: quantum noise grows with
+        attenuation in a log display and falls with it in a linear one.
     optical_depth : float
         Attenuation ``μ·d`` through the centre of a bead (held fixed in the fit). Tantalum at
         50–60 keV effective energy has μ ≈ 6–10 /mm (NIST XCOM), so 0.8–1.0 mm beads give 5–9;
@@ -119,9 +127,10 @@ class DetectOptions:
 
     magnification: tuple[float, float] = (1.05, 1.6)
     polarity: str = "auto"
+    display: str = "auto"
     optical_depth: float = 5.0
     read_noise_fraction: float = 0.02
-    threshold: float = 6.0
+    threshold: float = 8.0
     min_snr: float = 4.0
     min_roundness: float = 0.2
     max_ellipticity: float = 0.3
@@ -129,7 +138,7 @@ class DetectOptions:
     edge_ratio: float = 0.3
     touch_gap: float = 0.5
     n_scales: int = 2
-    subsample: int = 3
+    subsample: int = 2
     iterations: int = 12
     weighted: bool = True
     deblend: int = 2
@@ -143,6 +152,9 @@ class DetectOptions:
         if self.polarity not in ("auto", "bright", "dark"):
             raise InputError(
                 f"Expected `polarity` to be 'auto', 'bright' or 'dark', got {self.polarity!r}.")
+        if self.display not in ("auto", "log", "linear"):
+            raise InputError(
+                f"Expected `display` to be 'auto', 'log' or 'linear', got {self.display!r}.")
         if self.n_scales < 1 or self.subsample < 1 or self.iterations < 1 or self.max_beads < 1:
             raise InputError("Expected positive `n_scales`, `subsample`, `iterations`, "
                              "`max_beads`.")
@@ -279,9 +291,21 @@ def _noise_curve(work: np.ndarray, level: np.ndarray, bins: int = 24
     return knots, sig / np.median(sig)
 
 
+def _ring_noise(lap: np.ndarray, vv: np.ndarray, uu: np.ndarray, radius: float
+                ) -> np.ndarray:
+    """Median |Laplacian| on two circles (radius, 1.5·radius) around each point (local noise)."""
+    H, W = lap.shape
+    ang = np.linspace(0.0, 2.0 * np.pi, 24, endpoint=False)
+    rad = np.concatenate([np.full(24, radius), np.full(24, 1.5 * radius)])
+    ang = np.concatenate([ang, ang + np.pi / 24])
+    rv = np.clip(np.rint(vv[:, None] + rad * np.sin(ang)), 0, H - 1).astype(np.intp)
+    ru = np.clip(np.rint(uu[:, None] + rad * np.cos(ang)), 0, W - 1).astype(np.intp)
+    return np.median(np.abs(lap[rv, ru]), axis=1) if len(vv) else np.zeros(0)
+
+
 def _candidates(blurred: list[np.ndarray], resp: list[np.ndarray], radii: np.ndarray,
                 sign: float, opts: DetectOptions, noise_curve: tuple[np.ndarray, np.ndarray],
-                level: np.ndarray) -> _Candidates:
+                lap: np.ndarray, lap_med: float, ring: float) -> _Candidates:
     """Local maxima of ``sign`` × response over all scales that pass the roundness test."""
     best = resp[0] * np.float32(sign)
     which = np.zeros(best.shape, np.uint8)
@@ -301,9 +325,10 @@ def _candidates(blurred: list[np.ndarray], resp: list[np.ndarray], radii: np.nda
     peak = (best >= dil) & (best > thr)
     vv, uu = np.nonzero(peak)
     H, W = best.shape
-    # noise depends on the local background level (quantum noise): normalise by it
-    bg = level[vv, uu]
-    strength = (best[vv, uu] - med) / (noise * np.interp(bg, knots, rel))
+    # the noise is not stationary (quantum noise; implants): normalise each peak by the noise
+    # in an annulus around it, the median |4-neighbour Laplacian| there relative to the image's
+    local = _ring_noise(lap, vv, uu, ring) / lap_med
+    strength = (best[vv, uu] - med) / (noise * np.maximum(local, 1e-6))
     k = which[vv, uu].astype(np.intp)
     # Hessian of the smoothed image at the scale that answered, by central differences
     vm, vp = np.maximum(vv - 1, 0), np.minimum(vv + 1, H - 1)
@@ -358,7 +383,8 @@ def _neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitS
         return out
     i, j = pairs[:, 0], pairs[:, 1]
     q = p[j].copy()
-    q[:, [IB0, IBU, IBV]] = 0.0
+    q[:, LINEAR] = 0.0
+    q[:, IA] = p[j, IA]
     m, _ = model_and_jacobian(q, pu[i], pv[i], pu[i, 0], pv[i, 0], setup, jac=False)
     np.add.at(out, i, m)
     return out
@@ -395,7 +421,7 @@ def _contrast(res: FitResult, p: np.ndarray, pu: np.ndarray, pv: np.ndarray) -> 
     """Peak of the fitted bead model above its background plane, (N,)."""
     du = (pu - pu[:, pu.shape[1] // 2, None])[:, None, :]
     dv = (pv - pv[:, pv.shape[1] // 2, None])[:, :, None]
-    bg = p[:, IB0, None, None] + p[:, IBU, None, None] * du + p[:, IBV, None, None] * dv
+    bg = background(p, du, dv)
     return (res.model - bg).reshape(len(p), -1).max(1)
 
 
@@ -470,32 +496,41 @@ def detect_beads(image: ArrayLike, *, pixel_spacing_mm: ArrayLike,
     if r_lo < 1.0:
         raise InputError(f"Beads would be smaller than 1 px in radius ({r_lo:.2f} px): check "
                          "`pixel_spacing_mm` and `bead_diameters_mm`.")
+    # candidate stage at half resolution when the beads are large enough (4× fewer pixels)
+    f = 2 if r_lo >= 3.0 else 1
+    small = cv2.resize(work, (work.shape[1] // f, work.shape[0] // f),
+                       interpolation=cv2.INTER_AREA) if f > 1 else work
     radii = np.geomspace(r_lo, r_hi, opts.n_scales) if opts.n_scales > 1 else \
         np.array([np.sqrt(r_lo * r_hi)])
-    blurred, resp = _log_stack(work, radii)
-    nc = _noise_curve(work, blurred[0])
-    ksz = 2 * int(np.ceil(1.3 * r_hi)) + 1
-    ker = cv2.getStructuringElement(cv2.MORPH_RECT, (ksz, ksz))
+    blurred, resp = _log_stack(small, radii / f)
+    nc = _noise_curve(small, blurred[0])
+    ring = 1.3 * r_hi / f
+    lap = cv2.Laplacian(small, cv2.CV_32F, ksize=1)
+    lap_med = float(np.median(np.abs(lap[::3, ::3]))) + 1e-30
     if opts.polarity == "auto":
-        cb = _candidates(blurred, resp, radii, 1.0, opts, nc,
-                         cv2.morphologyEx(work, cv2.MORPH_OPEN, ker))
-        cd = _candidates(blurred, resp, radii, -1.0, opts, nc,
-                         cv2.morphologyEx(work, cv2.MORPH_CLOSE, ker))
+        cb = _candidates(blurred, resp, radii / f, 1.0, opts, nc, lap, lap_med, ring)
+        cd = _candidates(blurred, resp, radii / f, -1.0, opts, nc, lap, lap_med, ring)
         # more strong round blobs wins; strength caps keep a few huge edges from deciding
         sb = np.minimum(cb.strength, 50.0).sum()
         sd = np.minimum(cd.strength, 50.0).sum()
         polarity, cand = ("bright", cb) if sb >= sd else ("dark", cd)
     else:
         polarity = opts.polarity
-        op = cv2.MORPH_OPEN if polarity == "bright" else cv2.MORPH_CLOSE
-        cand = _candidates(blurred, resp, radii, 1.0 if polarity == "bright" else -1.0, opts,
-                           nc, cv2.morphologyEx(work, op, ker))
-    del blurred, resp
-    cand_uv = cand.uv[: 4 * opts.max_beads]
+        cand = _candidates(blurred, resp, radii / f, 1.0 if polarity == "bright" else -1.0, opts,
+                           nc, lap, lap_med, ring)
+    del blurred, resp, small, lap
+    # display: quantum noise grows with attenuation in a log display and falls with it in a
+    # linear one (beads-bright sense), so the sign of the noise-vs-level slope tells them apart
+    slope = np.polyfit(nc[0], np.log(nc[1]), 1)[0] if len(nc[0]) > 2 else 1.0
+    if polarity == "dark":
+        slope = -slope
+    log_display = {"auto": slope > 0, "log": True, "linear": False}[opts.display]
+    cand_uv = cand.uv[: 4 * opts.max_beads] * f + (f - 1) // 2
     if polarity == "dark":
         work = np.float32(1.0) - work
-    return _refine(work, cand_uv, cand.radius[: len(cand_uv)], cand.roundness[: len(cand_uv)],
-                   r_lo, r_hi, polarity, opts, scale)
+    return _refine(work, cand_uv, cand.radius[: len(cand_uv)] * f,
+                   cand.roundness[: len(cand_uv)], r_lo, r_hi, polarity, log_display, opts,
+                   scale)
 
 
 def _empty(polarity: str) -> Beads2D:
@@ -506,6 +541,28 @@ def _empty(polarity: str) -> Beads2D:
                    clipped=b, polarity=polarity)
 
 
+def _blocked(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Blurred blocked fraction B (N, W, W) of each bead model (no display, no background)."""
+    q = p.copy()
+    q[:, LINEAR] = 0.0
+    q[:, IA] = 1.0
+    q[:, ILC] = 0.0
+    return model_and_jacobian(q, pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
+
+
+def _taper(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, width: float = 3.0) -> np.ndarray:
+    """Variance inflation of background pixels beyond the blurred rim, (N, W, W).
+
+    Those pixels only fix the local background; far ones would let anatomy structure leak into
+    the fit. Symmetric about the current centre, so it cannot bias it.
+    """
+    du = pu[:, None, :] - p[:, IU, None, None]
+    dv = pv[:, :, None] - p[:, IV, None, None]
+    edge = (_radius(p) + 2.5 * np.exp(p[:, ILS]))[:, None, None]
+    beyond = np.clip(np.hypot(du, dv) - edge, 0.0, None)
+    return np.exp(0.5 * (beyond / width) ** 2)
+
+
 def _rel_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
                   eps: float) -> np.ndarray:
     """Pixel variance relative to the background's, from the bead's blocked fraction B.
@@ -513,21 +570,16 @@ def _rel_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup
     Quantum noise: a pixel behind the bead receives (1 − B) of the background quanta, so its
     variance is ∝ (1 − B) in a linear display (c = 0) and ∝ 1/(1 − B) in a log display (c = 1);
     read-out noise adds a floor ``eps`` (relative to the background's quantum variance). The
-    general form ``(1 − B)^(−2c) · ((1 − B) + eps)`` covers both.
+    general form ``(1 − B)^(−2c) · ((1 − B) + eps)`` covers both (times the taper).
     """
-    q = p.copy()
-    q[:, IA], q[:, IB0], q[:, IBU], q[:, IBV] = 1.0, 0.0, 0.0, 0.0
-    h = model_and_jacobian(q, pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
     c = np.tanh(p[:, ILC])[:, None, None]
-    cs = np.where(c > 1e-6, c, 1.0)
-    B = np.where(c > 1e-6, -np.expm1(-cs * h) / cs, h)
-    t = np.clip(1.0 - B, 1e-6, 1.0)
-    return t ** (-2.0 * c) * (t + eps) / (1.0 + eps)
+    t = np.clip(1.0 - _blocked(p, pu, pv, setup), 1e-6, 1.0)
+    return t ** (-2.0 * c) * (t + eps) / (1.0 + eps) * _taper(p, pu, pv)
 
 
 def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndarray,
-            r_lo: float, r_hi: float, polarity: str, opts: DetectOptions, scale: float
-            ) -> Beads2D:
+            r_lo: float, r_hi: float, polarity: str, log_display: bool, opts: DetectOptions,
+            scale: float) -> Beads2D:
     """Model fits, tests and flags for the candidates ``cuv`` (M, 2) of a normalised image."""
     if len(cuv) == 0:
         return _empty(polarity)
@@ -553,34 +605,23 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
         return r
 
     # The display is linear (c = 0) or logarithmic (c = 1) in the detected quanta: a property
-    # of the image, not of a bead. Pick the likelier on the strongest candidates (Gaussian
-    # likelihood with the variance model above, scale profiled out) and hold it fixed — free
-    # per bead it trades off against amplitude and radius and stalls the fits. The blur of
-    # those fits starts all the others.
-    top = np.arange(min(n, 24))
-    best = None
-    for c_try in (0.0, float(np.tanh(setup.t_lim))):
-        # multi-start in the radius: the blur–radius trade-off has local minima
-        fits = []
-        for r0 in (r_lo, np.sqrt(r_lo * r_hi), r_hi):
-            q = p0[top].copy()
-            q[:, ILC] = np.arctanh(c_try)
-            q[:, IR] = r0
-            fits.append(irls(q, data0[top], inside[top], pu[top], pv[top], 2, opts.iterations))
-        nll_b = np.stack([f.npix * np.log(np.maximum(f.chi2_red, 1e-300))
-                          + np.log(_rel_variance(f.params, pu[top], pv[top], setup, eps)
-                                   * inside[top] + (inside[top] == 0)).sum(axis=(1, 2))
-                          for f in fits])
-        k = np.argmin(nll_b, axis=0)
-        params = np.stack([f.params for f in fits])[k, np.arange(len(top))]
-        nll = float(nll_b[k, np.arange(len(top))].sum())
-        if best is None or nll < best[0]:
-            best = (nll, params)
-    params = best[1]
+    # of the image (decided above from its noise), held fixed — free per bead it trades off
+    # against amplitude and radius and stalls the fits. The blur–radius trade-off has local
+    # minima: start the strongest candidates at both ends of the radius range, keep the better
+    # fit of each, and start all beads from their blur and radius scale.
+    p0[:, ILC] = np.arctanh(np.tanh(setup.t_lim)) if log_display else 0.0
+    top = np.arange(min(n, 16))
+    fits = []
+    for r0 in (r_lo, r_hi):
+        q = p0[top].copy()
+        q[:, IR] = r0
+        fits.append(irls(q, data0[top], inside[top], pu[top], pv[top], 1, opts.iterations))
+    k = np.argmin(np.stack([f.chi2_red for f in fits]), axis=0)
+    params = np.stack([f.params for f in fits])[k, np.arange(len(top))]
     p0[:, ILS] = np.median(params[:, ILS])
-    p0[:, ILC] = params[0, ILC]
     p0[:, IR] = np.clip(p0[:, IR] * np.median(params[:, IR] / p0[top, IR]), 0.6 * r_lo, r_hi)
-    res = irls(p0, data0, inside, pu, pv, 2, opts.iterations)
+    p0[top] = params
+    res = irls(p0, data0, inside, pu, pv, 1, opts.iterations)
     p = res.params
     snr = _contrast(res, p, pu, pv) / np.sqrt(np.maximum(res.chi2_red, 1e-300))
     rad = _radius(p)
@@ -616,24 +657,56 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
             p[inv] = r.params
             resid[inv] = r.resid
         data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
-    # final pass: noise correlation (detector blur) from the pooled whitened residuals, then
-    # the sandwich covariance of each centre scaled by its own reduced χ²
-    w = inside / _rel_variance(p, pu, pv, setup, eps)
-    rho = noise_correlation(resid, w, np.ones(len(p), bool))
+    # final pass: the sandwich covariance of each centre under the image's noise correlation
+    # (detector blur), scaled by the bead's own reduced χ²
+    # data-driven variance(transmission) from the residuals, then the final weighted fit
+    t = 1.0 - _blocked(p, pu, pv, setup)
+    knots, rel = transmission_variance(t, resid, inside, np.ones(len(p), bool))
+    w = inside / (np.interp(t, knots, rel) * _taper(p, pu, pv))
+    rho, s_det = noise_correlation(work)
     r = fit(p, data, w, pu, pv, setup, iterations=opts.iterations, rho=rho, init_linear=False,
             fixed=fx)
     p, cov, chi2 = r.params, r.cov_uv, r.chi2_red
+    uv = p[:, [IU, IV]].copy()
+    if np.tanh(p[0, ILC]) > 0.5:
+        # Detector blur acts on the quanta *after* the anatomy has attenuated them, i.e. on the
+        # product I_bg(x)·(1 − B(x)); for a log-linear background I_bg ∝ exp(−a·x) this is the
+        # bead blurred and shifted by σ_d²·a (exponential tilting of a Gaussian). In a log
+        # display a = ∇(background)/gain; σ_d is the detector blur seen in the noise
+        # correlation. Undo the shift.
+        grad = p[:, [IBU, IBV]] / p[:, IA, None]
+        uv -= s_det ** 2 * grad
     noise = np.sqrt(chi2)   # background pixel noise (relative variance 1 there)
-    chi2 = chi2 / np.median(chi2)
-    uv = p[:, [IU, IV]]
+    # misfit over the bead's own disc (anatomy structure elsewhere in the window does not count),
+    # relative to the whole-window noise level: an implant edge across the bead shows here
+    du = pu[:, None, :] - p[:, IU, None, None]
+    dv = pv[:, :, None] - p[:, IV, None, None]
+    rr = np.hypot(du, dv)
+    disc = (rr <= _radius(p)[:, None, None] + 1.0) & (inside > 0)
+    ring = (rr > _radius(p)[:, None, None] + 2.5 * np.exp(p[:, ILS, None, None])) & (inside > 0)
+    z2 = r.resid ** 2 * w * _taper(p, pu, pv)      # whitened, without the taper's down-weighting
+    chi2_disc = (z2 * disc).sum(axis=(1, 2)) / np.maximum(disc.sum(axis=(1, 2)), 1) / chi2
+    chi2_ring = (z2 * ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1) / chi2
+    # background change across the bead (fitted quadratic) relative to the bead's contrast
+    bg = background(p, du + (p[:, IU] - pu[:, setup.half])[:, None, None],
+                    dv + (p[:, IV] - pv[:, setup.half])[:, None, None])
+    bg_span = np.where(disc, bg, -np.inf).max(axis=(1, 2)) - np.where(disc, bg, np.inf).min(
+        axis=(1, 2))
+    chi2 = chi2_disc
     rad = _radius(p)
     c_img = _contrast(r, p, pu, pv)
     contrast = c_img * scale
-    snr = c_img / noise
-    sig = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
+    # SNR in the transmission domain (independent of the display): blocked fraction at the
+    # peak times the amplitude (quanta of the background in a linear display, the display gain
+    # per unit ln-attenuation in a log display), over the background pixel noise
+    snr = p[:, IA] * (1.0 - t.reshape(len(p), -1).min(1)) / noise
+    # local misfit around the rim beyond the noise (anatomy edges, neighbours) inflates the
+    # uncertainty (Birge ratio of the ring around the bead relative to the typical bead)
+    birge = np.maximum(1.0, chi2_ring / np.median(chi2_ring))
+    sig = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None) * birge[:, None])
     H, Wd = work.shape
-    grad = np.hypot(p[:, IBU], p[:, IBV]) * 2.0 * rad
-    near_edge = grad > opts.edge_ratio * np.abs(c_img)
+    near_edge = ((bg_span > opts.edge_ratio * np.abs(c_img))
+                 | (chi2_ring > opts.max_chi2 * np.median(chi2_ring)))
     occluded = chi2 > opts.max_chi2
     clipped = ((uv[:, 0] - rad < -0.5) | (uv[:, 1] - rad < -0.5)
                | (uv[:, 0] + rad > Wd - 0.5) | (uv[:, 1] + rad > H - 0.5))

@@ -18,8 +18,8 @@ quanta over each pixel (box) after focal-spot and detector blur (Gaussian, σ):
 with ``c → 0`` the linear and ``c → 1`` the log display, fitted per bead. The sharp profile is
 sampled on a sub-pixel grid *centred on the current bead estimate*, and the box ⊗ Gaussian kernel
 is applied analytically (differences of normal CDFs) as two separable matrices,
-``B = K_v(v, σ) · S · K_u(u, σ)ᵀ``. Because the sub-grid moves with the bead, the model is an exactly
-point-symmetric, smooth function of ``(pixel − centre)``: the discretisation of the sharp rim
+``B = K_v(v, σ) · S · K_u(u, σ)ᵀ``. Because the sub-grid moves with the bead, the model is an
+exactly point-symmetric, smooth function of ``(pixel − centre)``: the discretisation of the sharp rim
 changes the profile only symmetrically and cannot bias the centre or lock it to the pixel grid.
 
 Fitting is a Levenberg–Marquardt iteration [2]_ vectorised over beads. Derivatives in the centre
@@ -42,15 +42,18 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy.special import ndtr
 
 # parameter layout
-IU, IV, IR, IE1, IE2, ILS, ILK, ILC, IA, IB0, IBU, IBV = range(12)
-NPAR = 12
+IU, IV, IR, IE1, IE2, ILS, ILK, ILC, IA, IB0, IBU, IBV, IBUU, IBUV, IBVV = range(15)
+NPAR = 15
+LINEAR = (IA, IB0, IBU, IBV, IBUU, IBUV, IBVV)
 _SQRT2PI = np.sqrt(2.0 * np.pi)
 _DEBUG = False
+_FD_SHAPE = False
 LAG = 2   # noise-correlation lags (px) used in the sandwich covariance
 
 
@@ -105,9 +108,10 @@ def sharp_profile(p: np.ndarray, g: np.ndarray, d: float, derivs: bool = False
     # normalised radius (≥ one sub-cell for the smallest bead) so that the sampled rim moves
     # smoothly with R; d is constant, so S(x; R) = F(x/R) stays exactly homogeneous in R
     y0 = 1.0 - rho
-    hi = np.clip(y0 + 0.5 * d, 0.0, None)
-    lo = np.clip(y0 - 0.5 * d, 0.0, None)
-    s = np.sqrt(1.0 + np.minimum(rho, 1.0)) * (2.0 / 3.0) * (hi * np.sqrt(hi) - lo * np.sqrt(lo)) / d
+    hi = np.maximum(y0 + 0.5 * d, 0.0)
+    lo = np.maximum(y0 - 0.5 * d, 0.0)
+    s = np.sqrt(1.0 + np.minimum(rho, 1.0)) * (2.0 / 3.0) * (hi * np.sqrt(hi)
+                                                            - lo * np.sqrt(lo)) / d
     ex = np.exp(-k * s)
     S = 1.0 - ex
     if not derivs:
@@ -152,6 +156,15 @@ def _display(B: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return h, dh_dB, dh_dc * (1.0 - c * c)
 
 
+_QS = 0.01   # scale of the quadratic background terms (keeps JᵀJ balanced)
+
+
+def background(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
+    """Quadratic local background (anatomy) in the window, (N, W, W)."""
+    P = [p[:, i, None, None] for i in (IB0, IBU, IBV, IBUU, IBUV, IBVV)]
+    return P[0] + P[1] * du + P[2] * dv + _QS * (P[3] * du * du + P[4] * du * dv + P[5] * dv * dv)
+
+
 def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.ndarray,
                        cv: np.ndarray, setup: FitSetup, jac: bool = True
                        ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -172,8 +185,7 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     A = p[:, IA, None, None]
     du = (pu - cu[:, None])[:, None, :]
     dv = (pv - cv[:, None])[:, :, None]
-    model = A * h + p[:, IB0, None, None] + p[:, IBU, None, None] * du \
-        + p[:, IBV, None, None] * dv
+    model = A * h + background(p, du, dv)
     if not jac:
         return model, None
     Ad = A * dh
@@ -183,21 +195,42 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     J[:, IU] = Ad * (KvS @ dKuT)
     J[:, IV] = Ad * (dKvS @ KuT)
     J[:, ILS] = Ad * ((Kv[2] @ S) @ KuT + KvS @ np.swapaxes(Ku[2], 1, 2))
-    # radius and ellipticity: central differences of the sampled profile (the objective itself;
-    # the rim is smoothed over a fixed fraction of R, so the sampled model is smooth in them)
-    for i in (IR, IE1, IE2):
-        step = 1e-3 * (p[:, IR] if i == IR else np.ones(len(p)))
-        qp, qm = p.copy(), p.copy()
-        qp[:, i] += step
-        qm[:, i] -= step
-        dS = (sharp_profile(qp, g, setup.rim)[0] - sharp_profile(qm, g, setup.rim)[0])
-        J[:, i] = Ad * (((Kv[0] @ dS) @ KuT) / (2.0 * step[:, None, None]))
+    if _FD_SHAPE:
+        for i in (IR, IE1, IE2):
+            step = 1e-4 * (p[:, IR] if i == IR else np.ones(len(p)))
+            qp = p.copy()
+            qp[:, i] += step
+            dS = sharp_profile(qp, g, setup.rim)[0] - S
+            J[:, i] = Ad * (((Kv[0] @ dS) @ KuT) / step[:, None, None])
+    else:
+        # Radius and ellipticity act as linear maps of the profile coordinates,
+        # S(x; θ+δ) = S((I + δB)x; θ) with B = ½ Q⁻¹ ∂Q/∂θ (the rim smoothing is a fixed
+        # fraction of R, so S(x; R) = F(x/R) exactly). By parts, with kernel derivatives:
+        # ∂B/∂θ = −Kv (S∘(Bx)_u) dKuᵀ − dKv (S∘(Bx)_v) Kuᵀ − tr(B)·B.
+        gg = g[None, :, None]
+        P1 = KvS @ (gg * dKuT)                                  # Kv (S∘X) dKuᵀ
+        P2 = ((Kv[0] * g[None, None, :]) @ S) @ dKuT            # Kv (S∘Y) dKuᵀ
+        P3 = dKvS @ (gg * KuT)                                  # dKv (S∘X) Kuᵀ
+        P4 = ((Kv[1] * g[None, None, :]) @ S) @ KuT             # dKv (S∘Y) Kuᵀ
+        R = p[:, IR]
+        e1, e2 = p[:, IE1], p[:, IE2]
+        D2 = 2.0 * (1.0 - e1 * e1 - e2 * e2)
+        zero = np.zeros_like(R)
+        maps = {IR: (-1.0 / R, zero, zero, -1.0 / R),
+                IE1: ((1.0 - e1) / D2, e2 / D2, -e2 / D2, -(1.0 + e1) / D2),
+                IE2: (-e2 / D2, (1.0 - e1) / D2, (1.0 + e1) / D2, -e2 / D2)}
+        for i, m4 in maps.items():
+            b00, b01, b10, b11 = (x[:, None, None] for x in m4)
+            J[:, i] = -Ad * (b00 * P1 + b01 * P2 + b10 * P3 + b11 * P4 + (b00 + b11) * B)
     J[:, ILK] = Ad * ((Kv[0] @ Sd[1]) @ KuT)
     J[:, ILC] = A * dht
     J[:, IA] = h
     J[:, IB0] = 1.0
     J[:, IBU] = np.broadcast_to(du, model.shape)
     J[:, IBV] = np.broadcast_to(dv, model.shape)
+    J[:, IBUU] = np.broadcast_to(du * du, model.shape) * _QS
+    J[:, IBUV] = du * dv * _QS
+    J[:, IBVV] = np.broadcast_to(dv * dv, model.shape) * _QS
     return model, J
 
 
@@ -229,18 +262,19 @@ def linear_init(p: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray
                 pv: np.ndarray, cu: np.ndarray, cv: np.ndarray, setup: FitSetup) -> np.ndarray:
     """Solve the linear parameters (amplitude, background plane) for fixed shape parameters."""
     q = p.copy()
-    q[:, [IA, IB0, IBU, IBV]] = [1.0, 0.0, 0.0, 0.0]
+    q[:, LINEAR] = 0.0
+    q[:, IA] = 1.0
     h = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
     du = np.broadcast_to((pu - cu[:, None])[:, None, :], h.shape)
     dv = np.broadcast_to((pv - cv[:, None])[:, :, None], h.shape)
-    Bm = np.stack([h, np.ones_like(h), du, dv], axis=1).reshape(len(p), 4, -1)
+    Bm = np.stack([h, np.ones_like(h), du, dv, du * du * _QS, du * dv * _QS, dv * dv * _QS],
+                  axis=1).reshape(len(p), len(LINEAR), -1)
     Bw = Bm * wts.reshape(len(p), 1, -1)
     H = Bw @ np.swapaxes(Bm, 1, 2)
-    H += 1e-9 * np.eye(4) * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1), 1e-300)[:, None,
-                                                                                        None]
+    H += 1e-9 * np.eye(len(LINEAR)) * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1),
+                                                 1e-300)[:, None, None]
     rhs = Bw @ data.reshape(len(p), -1, 1)
-    lin = np.linalg.solve(H, rhs)[..., 0]
-    q[:, [IA, IB0, IBU, IBV]] = lin
+    q[:, LINEAR] = np.linalg.solve(H, rhs)[..., 0]
     return q
 
 
@@ -297,9 +331,7 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         acc = idx[ok]
         small = np.max(np.abs(step[:, :2]), axis=1) < 1e-4
         if _DEBUG:
-            print("step med %.2e max %.2e ok %.2f lam %.1e cost %.4e" % (
-                np.median(np.abs(step[:, :2])), np.abs(step[:, :2]).max(), ok.mean(),
-                np.median(lam[idx]), cost.sum()))
+            print(f"step {np.median(np.abs(step[:, :2])):.2e} ok {ok.mean():.2f}")
         rel = (cost[idx] - np.where(ok, ct, cost[idx])) / np.maximum(cost[idx], 1e-300)
         p[acc], model[acc], J[acc], r[acc], cost[acc] = pt[ok], mt[ok], Jt[ok], rt[ok], ct[ok]
         # converged: an accepted, small Gauss–Newton-like step (not one shrunk by damping)
@@ -334,64 +366,84 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
     return FitResult(params=p, cov_uv=cov, resid=r, model=model, chi2_red=chi2, npix=npix)
 
 
-@dataclass(frozen=True)
-class VarianceModel:
-    """Pixel variance as a piecewise-linear function of the model value (log-variance knots)."""
+def transmission_variance(t: np.ndarray, resid: np.ndarray, inside: np.ndarray,
+                          use: np.ndarray, *, bins: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel variance as a function of the bead's modelled transmission ``t = 1 − B``.
 
-    knots: np.ndarray       # (K,) model values
-    log_var: np.ndarray     # (K,)
+    Quantum and read-out noise make the variance of a pixel behind a bead depend on how much of
+    the beam the bead blocks (in any display). Pooled over beads, each bead's squared
+    residuals are normalised by its own background variance (pixels with t > 0.98) and
+    averaged in quantile bins of ``t``.
 
-    def __call__(self, m: np.ndarray) -> np.ndarray:
-        return np.exp(np.interp(m, self.knots, self.log_var))
-
-    def background_sigma(self, m: np.ndarray) -> np.ndarray:
-        return np.sqrt(self(m))
-
-
-def variance_model(model: np.ndarray, resid: np.ndarray, wts: np.ndarray, use: np.ndarray,
-                   *, bins: int = 16) -> VarianceModel:
-    """Pooled variance of the residuals, binned by model value (quantile bins).
-
-    The residuals of an unweighted fit with ``p`` parameters on ``n`` pixels have variance
-    ``(1 − p/n)`` times the noise variance on average; this is corrected.
+    Returns
+    -------
+    knots, rel_var : (K,) increasing t and the variance relative to the background's.
     """
-    m = model[use].ravel()
-    r2 = (resid[use] ** 2).ravel()
-    ok = wts[use].ravel() > 0
-    m, r2 = m[ok], r2[ok]
-    if m.size < 4 * bins:
-        v = max(float(np.mean(r2)) if m.size else 1.0, 1e-30)
-        return VarianceModel(np.array([0.0, 1.0]), np.log([v, v]))
-    corr = 1.0 / max(1.0 - NPAR / (m.size / max(int(use.sum()), 1)), 0.5)
-    order = np.argsort(m)
-    ms, rs = m[order], r2[order] * corr
-    edges = np.linspace(0, m.size, bins + 1).astype(int)
-    cs_m = np.concatenate([[0.0], np.cumsum(ms)])
-    cs_r = np.concatenate([[0.0], np.cumsum(rs)])
-    cnt = np.diff(edges)
-    mm = (cs_m[edges[1:]] - cs_m[edges[:-1]]) / cnt
-    vv = (cs_r[edges[1:]] - cs_r[edges[:-1]]) / cnt
-    vv = np.maximum(vv, 1e-6 * vv.max() + 1e-300)
-    keep = np.concatenate([[True], np.diff(mm) > 0])
-    return VarianceModel(mm[keep], np.log(vv[keep]))
+    m = (inside > 0) & use[:, None, None]
+    bgm = m & (t > 0.98)
+    nb = bgm.sum(axis=(1, 2))
+    s2 = (resid ** 2 * bgm).sum(axis=(1, 2)) / np.maximum(nb, 1)
+    ok = use & (nb > 10) & (s2 > 0)
+    m &= ok[:, None, None]
+    z2 = (resid ** 2 / np.where(ok, s2, 1.0)[:, None, None])[m]
+    tt = t[m]
+    inner = tt <= 0.98
+    if inner.sum() < 4 * bins:
+        return np.array([0.0, 1.0]), np.array([1.0, 1.0])
+    order = np.argsort(tt[inner])
+    ti, zi = tt[inner][order], z2[inner][order]
+    edges = np.linspace(0, ti.size, bins + 1).astype(int)
+    knots = np.array([ti[a:b].mean() for a, b in pairwise(edges)] + [1.0])
+    rel = np.array([zi[a:b].mean() for a, b in pairwise(edges)] + [1.0])
+    keep = np.concatenate([np.diff(knots) > 0, [True]])
+    return knots[keep], np.maximum(rel[keep], 1e-3)
 
 
-def noise_correlation(resid: np.ndarray, wts: np.ndarray, use: np.ndarray) -> np.ndarray:
-    """Pooled normalised autocorrelation (2·LAG+1, 2·LAG+1) of whitened residuals."""
-    z = (resid * np.sqrt(wts))[use]
-    W = z.shape[-1]
-    rho = np.zeros((2 * LAG + 1, 2 * LAG + 1))
-    if z.size == 0:
-        rho[LAG, LAG] = 1.0
-        return rho
-    for dy in range(-LAG, LAG + 1):
-        for dx in range(-LAG, LAG + 1):
-            a = z[:, max(0, -dy):W - max(0, dy), max(0, -dx):W - max(0, dx)]
-            b = z[:, max(0, dy):W - max(0, -dy), max(0, dx):W - max(0, -dx)]
-            rho[dy + LAG, dx + LAG] = np.mean(a * b)
-    rho /= rho[LAG, LAG]
-    # symmetrise and drop lags indistinguishable from zero (|ρ| < 3/√n)
-    rho = 0.5 * (rho + rho[::-1, ::-1])
-    rho[np.abs(rho) < 3.0 / np.sqrt(z.size)] = 0.0
-    rho[LAG, LAG] = 1.0
-    return rho
+def _blur_kernel(sigma: float, half: int = 4) -> np.ndarray:
+    x = np.arange(-half, half + 1)
+    g = np.exp(-0.5 * (x / max(sigma, 1e-3)) ** 2)
+    g = np.outer(g, g)
+    return g / g.sum()
+
+
+def _corr(k: np.ndarray, dy: int, dx: int) -> float:
+    a = np.pad(k, LAG + 2)
+    b = np.roll(np.roll(a, dy, 0), dx, 1)
+    return float((a * b).sum() / (a * a).sum())
+
+
+_LAP = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def noise_correlation(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """Normalised autocorrelation (2·LAG+1, 2·LAG+1) of the pixel noise of ``image``, and σ_n.
+
+    Detector blur after quantum absorption correlates neighbouring pixels' noise. Modelled as
+    white noise blurred by a Gaussian of width σ_n, whose value is found by matching the
+    lag-1 correlation of the 4-neighbour Laplacian of the image (which removes the smooth
+    anatomy; strong structure is trimmed at 4 robust σ) to its prediction.
+    """
+    c = image[1:-1:2, 1:-1]
+    L = (image[:-2:2, 1:-1] + image[2::2, 1:-1] + image[1:-1:2, :-2] + image[1:-1:2, 2:]
+         - 4.0 * c)[:, :-1].astype(np.float64)
+    R = (image[:-2:2, 2:] + image[2::2, 2:] + image[1:-1:2, 1:-1] + np.pad(
+        image[1:-1:2, 3:], ((0, 0), (0, 1)), mode="edge") - 4.0 * image[1:-1:2, 2:])
+    R = R[:, : L.shape[1]].astype(np.float64)
+    mad = 1.4826 * np.median(np.abs(L[::4, ::4])) + 1e-30
+    m = (np.abs(L) < 4 * mad) & (np.abs(R) < 4 * mad)
+    den = np.sqrt(np.sum(L[m] ** 2) * np.sum(R[m] ** 2))
+    r1 = float(np.sum(L[m] * R[m]) / den) if den > 0 else -1.0   # no noise: white
+    sig = np.linspace(0.2, 1.6, 57)
+    pred = []
+    for s_ in sig:
+        k = _blur_kernel(s_)
+        kl = np.zeros((k.shape[0] + 2, k.shape[1] + 2))
+        for dy in range(3):          # Laplacian ⊗ blur kernel
+            for dx in range(3):
+                kl[dy:dy + k.shape[0], dx:dx + k.shape[1]] += _LAP[dy, dx] * k
+        pred.append(_corr(kl, 0, 1))
+    s_n = float(np.interp(r1, pred, sig, left=0.0))
+    k = _blur_kernel(s_n)
+    rho = np.array([[_corr(k, dy, dx) for dx in range(-LAG, LAG + 1)]
+                    for dy in range(-LAG, LAG + 1)])
+    return rho, s_n
