@@ -317,8 +317,8 @@ def calibrate_view(beads, cage, *, view: str, method: str = "film-to-cage", refi
     if refine:
         r0 = fun(theta)
         scale = 1.0 if sigma is not None else max(1.4826 * np.median(np.abs(r0)), 1e-3)
-        res = least_squares(fun, theta, loss=loss, f_scale=3.0 * scale, x_scale="jac",
-                            method="trf")
+        res = least_squares(fun, theta, jac=lambda th: _jacobian(th, X, obs, w, R0), loss=loss,
+                            f_scale=3.0 * scale, x_scale="jac", method="trf")
         theta = res.x
         P = lin.camera_from_params(theta, R0)
     P = P / np.linalg.norm(P)
