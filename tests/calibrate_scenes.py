@@ -13,12 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from rsa.cage import load_cage
 from rsa.synthetic.geometry import DetectorView
-
-try:
-    from rsa.cage import load_cage
-except ImportError:  # pragma: no cover - until rsa.cage lands, read the JSON files directly
-    load_cage = None
 
 PIXEL_SPACING_MM = 0.14
 IMAGE_SHAPE = (3000, 3000)
@@ -27,26 +23,8 @@ PATIENT_CENTRE = {"uniplanar": np.array([0.0, 0.0, 300.0]), "biplanar": np.zeros
 
 
 def get_cage(name: str):
-    """Shipped cage `name` via rsa.cage.load_cage (or a minimal JSON reader before it exists)."""
-    if load_cage is not None:
-        return load_cage(name)
-    import json
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    d = json.loads((Path(__file__).resolve().parents[1] / "calibration" / f"{name}.json")
-                   .read_text())
-    m = d["markers"]
-    views = {k: SimpleNamespace(name=k, planes=tuple(v["planes"]),
-                                **{f: np.array(v[f], float) for f in
-                                   ("focus_mm", "detector_centre_mm", "detector_normal",
-                                    "detector_up")})
-             for k, v in d["views"].items()}
-    return SimpleNamespace(name=d["name"], kind=d["kind"], ids=np.array([x["id"] for x in m]),
-                           roles=np.array([x["role"] for x in m]),
-                           planes=np.array([x["plane"] for x in m]),
-                           xyz_mm=np.array([x["xyz_mm"] for x in m], float),
-                           diameter_mm=np.ones(len(m)), views=views, source=name)
+    """Shipped cage `name` (rsa.cage.load_cage)."""
+    return load_cage(name)
 
 
 @dataclass

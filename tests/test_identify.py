@@ -8,7 +8,7 @@ own cage index and no other bead is taken for a marker.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,10 +163,7 @@ def test_collinear_cage_and_bad_input():
     cage = CAGES["uniplanar"]
     xyz = cage.xyz_mm.copy()
     xyz[cage.roles == "fiducial", 1] = 0.0  # all fiducials on the x axis
-    bad = SimpleNamespace(**{**vars(cage), "xyz_mm": xyz}) if isinstance(
-        cage, SimpleNamespace) else SimpleNamespace(
-        name=cage.name, kind=cage.kind, ids=cage.ids, roles=cage.roles, planes=cage.planes,
-        xyz_mm=xyz, views=cage.views)
+    bad = replace(cage, xyz_mm=xyz)
     uv = np.zeros((10, 2))
     with pytest.raises(CalibrationError, match="collinear"):
         identify_markers(uv, bad, view="A", **KW)
