@@ -238,8 +238,15 @@ def demo(
     result = _analyse(study_dir / "study.toml", Path(out) / "results", workers=2, serial=False,
                       scheduler=None, resume=False, quiet=json_out)
     rows = truth_rows(result, study_dir / "truth.json")
+    from rsa.report import build_report
+
+    try:
+        reports = build_report(result.out_dir, Path(out) / "report")
+    except RsaError as exc:
+        fail(exc)
     if json_out:
-        typer.echo(json.dumps({"comparison": rows, "flags": result.flags}, indent=1))
+        typer.echo(json.dumps({"comparison": rows, "flags": result.flags,
+                               "reports": [str(p) for p in reports]}, indent=1))
         return
     _print_motions(result)
     table = Table(title="Measured vs true motion (phantom ground truth)")
@@ -252,7 +259,8 @@ def demo(
                           _fmt(r[f"{k}_true"], 4), _fmt(r[f"{k}_error"], 4))
     Console().print(table)
     typer.echo(f"Study in {study_dir}, results in {result.out_dir} "
-               f"({result.seconds:.1f} s analysis).")
+               f"({result.seconds:.1f} s analysis), reports: "
+               f"{', '.join(str(p) for p in reports)}")
 
 
 @app.command()
