@@ -415,3 +415,48 @@ def test_cli_report(implant, tmp_path):
     assert r.exit_code == 2
     assert len(r.output.strip().splitlines()) == 1
     assert "rsa: error:" in r.output
+
+
+def test_report_without_manifest_or_precision(implant, tmp_path):
+    """The manifest moved away and no double exams: the report still builds and says so."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "results" / "results.sqlite"
+    db.parent.mkdir()
+    shutil.copy(implant["results"] / "results.sqlite", db)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET manifest = ?", (str(tmp_path / "moved.toml"),))
+        con.execute("DELETE FROM precision")
+        con.execute("INSERT INTO precision (subject, motion, component, n, form) VALUES "
+                    "('*', 'implant/tibia', '*', 1, 'not computed: fewer than 2 double exams')")
+    files = build_report(db.parent, tmp_path / "out", formats=("html",))
+    text = " ".join(_one(files, ".html", "S01").read_text(encoding="utf-8").split())
+    assert "the study manifest is no longer at the path recorded by the analysis" in text
+    assert "radiographs of REF not available" in text
+    assert "No precision limits (not computed: fewer than 2 double exams)" in text
+    rows = _parse(_one(files, ".html", "S01")).tables["motion-S01-implant/tibia"]
+    assert all(r[0] != "95 % limits" for r in rows)
+
+
+@pytest.mark.slow
+def test_report_of_real_pipeline(tmp_path):
+    """End to end with the real bead detector (about 25 s for the analysis on 2 cores)."""
+    study = tmp_path / "study"
+    write_study(study, setup="uniplanar", variant="implant", seed=0, detector_px=1500,
+                pixel_spacing_mm=0.286)
+    _plant_phi(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipeline.analyse_study(study / "study.toml", tmp_path / "results", executor="process",
+                               resume=False)
+    files = build_report(tmp_path / "results", tmp_path / "out")
+    res = load_results(tmp_path / "results")
+    rows = _parse(_one(files, ".html", "S01")).tables["motion-S01-implant/tibia"]
+    body = {r[0]: r for r in rows[1:]}
+    for exam, m in _motion_rows(res):
+        for c, cell in zip(COMPS, body[exam][3:11], strict=True):
+            assert _close(cell, m[c], DECIMALS[c]), (exam, c)
+    outputs = [p for d in (tmp_path / "out", tmp_path / "results") for p in d.rglob("*")
+               if p.is_file()]
+    assert _leaks(outputs) == []

@@ -180,7 +180,7 @@ def study_document(res: Results) -> Document:
     subs = res.subjects()
     b: list = [*_banners(res, False), Heading("Summary"), _header(res, None, None),
                Heading("Interpretation aids", 2), Para(_AID, "note"),
-               Bullets(tuple(s for sj in subs for m in motions
+               Bullets(tuple(f"{sj}: {s}" for sj in subs for m in motions
                              for s in stability_summary(res, sj, m))),
                Heading("Documentation checklist", 2), checklist_table(res, None),
                Heading("Precision", 2), precision_table(res, motions)]

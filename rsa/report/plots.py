@@ -182,7 +182,8 @@ def overlay_figure(panels: Sequence[Mapping], colors: Mapping[str, tuple], *,
             ax.add_patch(plt.Rectangle(lo, *(hi - lo), fill=False, ec="#3498db", lw=0.8,
                                        label="patient beads (right)"))
         ax.set_title(f"view {p['view']}: whole image (1:{k})", fontsize=9)
-        ax.legend(fontsize=6, loc="lower right", framealpha=0.7)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3,
+                  frameon=False)
         ax.tick_params(labelsize=6)
         ax = axes[i, 1]
         if len(uv):
