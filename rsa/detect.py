@@ -109,7 +109,8 @@ class DetectOptions:
         A bead is flagged ``near_edge`` when the fitted background change across its diameter
         exceeds this fraction of its contrast.
     touch_gap : float
-        Two beads are flagged ``touching`` when their edge gap is below ``touch_gap`` × radius.
+        Two beads are flagged ``touching`` when the gap between their rims is below
+        ``touch_gap`` × radius plus their blur widths (their blurred shadows overlap).
     n_scales : int
         Number of LoG scales between the smallest and largest expected bead.
     subsample : int
@@ -141,7 +142,7 @@ class DetectOptions:
     subsample: int = 2
     iterations: int = 12
     weighted: bool = True
-    deblend: int = 2
+    deblend: int = 10
     max_beads: int = 5000
 
     def __post_init__(self) -> None:
@@ -417,12 +418,12 @@ def _close_pairs(uv: np.ndarray, dist: float) -> np.ndarray:
     return pr[d < dist]
 
 
-def _contrast(res: FitResult, p: np.ndarray, pu: np.ndarray, pv: np.ndarray) -> np.ndarray:
+def _contrast(model: np.ndarray, p: np.ndarray, pu: np.ndarray, pv: np.ndarray) -> np.ndarray:
     """Peak of the fitted bead model above its background plane, (N,)."""
     du = (pu - pu[:, pu.shape[1] // 2, None])[:, None, :]
     dv = (pv - pv[:, pv.shape[1] // 2, None])[:, :, None]
     bg = background(p, du, dv)
-    return (res.model - bg).reshape(len(p), -1).max(1)
+    return (model - bg).reshape(len(p), -1).max(1)
 
 
 def _init_radius(data: np.ndarray, wts: np.ndarray, crad: np.ndarray, r_lo: float,
@@ -560,7 +561,7 @@ def _taper(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, width: float = 3.0) ->
     dv = pv[:, :, None] - p[:, IV, None, None]
     edge = (_radius(p) + 2.5 * np.exp(p[:, ILS]))[:, None, None]
     beyond = np.clip(np.hypot(du, dv) - edge, 0.0, None)
-    return np.exp(0.5 * (beyond / width) ** 2)
+    return np.exp(np.minimum(0.5 * (beyond / width) ** 2, 60.0))
 
 
 def _rel_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
@@ -621,9 +622,38 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     p0[:, ILS] = np.median(params[:, ILS])
     p0[:, IR] = np.clip(p0[:, IR] * np.median(params[:, IR] / p0[top, IR]), 0.6 * r_lo, r_hi)
     p0[top] = params
-    res = irls(p0, data0, inside, pu, pv, 1, opts.iterations)
-    p = res.params
-    snr = _contrast(res, p, pu, pv) / np.sqrt(np.maximum(res.chi2_red, 1e-300))
+    # first pass with the centres held near the candidates and each window cut at the
+    # mid-line to any close candidate (Voronoi): a bead and its touching neighbour must not
+    # merge into one elongated fit before deblending separates them
+    own = inside.copy()
+    cp = _close_pairs(cuv.astype(float), 2.5 * r_hi)
+    if len(cp):
+        i, j = cp[:, 0], cp[:, 1]
+        di = (pu[i][:, None, :] - cuv[i, 0, None, None]) ** 2 \
+            + (pv[i][:, :, None] - cuv[i, 1, None, None]) ** 2
+        dj = (pu[i][:, None, :] - cuv[j, 0, None, None]) ** 2 \
+            + (pv[i][:, :, None] - cuv[j, 1, None, None]) ** 2
+        np.multiply.at(own, i, (di <= dj).astype(float))
+    res = irls(p0, data0, own, pu, pv, 1, opts.iterations,
+               box=(cuv.astype(float), max(1.5, 0.25 * r_lo)))
+    p, model, resid, chi2r = res.params, res.model.copy(), res.resid.copy(), res.chi2_red.copy()
+    # deblending: subtract the neighbours' bead models (windows overlap within ~2·half) and
+    # refit the beads that have neighbours, alternately; touching beads separate this way
+    data = data0
+    plaus = np.flatnonzero((p[:, IA] > 0) & (_contrast(model, p, pu, pv)
+                                            >= 0.5 * opts.min_snr * np.sqrt(chi2r)))
+    pairs = plaus[_close_pairs(p[plaus][:, [IU, IV]], 2.0 * setup.half + 1.0)]
+    if len(pairs) and opts.deblend:
+        inv = np.unique(pairs[:, 0])
+        for _ in range(opts.deblend):
+            data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
+            r = irls(p[inv], data[inv], inside[inv], pu[inv], pv[inv], 1, opts.iterations,
+                     init_linear=False, box=(cuv[inv].astype(float), max(2.0, 0.5 * r_lo)))
+            p = p.copy()
+            p[inv] = r.params
+            model[inv], resid[inv], chi2r[inv] = r.model, r.resid, r.chi2_red
+        data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
+    snr = _contrast(model, p, pu, pv) / np.sqrt(np.maximum(chi2r, 1e-300))
     rad = _radius(p)
     drift = np.hypot(p[:, IU] - cuv[:, 0], p[:, IV] - cuv[:, 1])
     ecc = np.hypot(p[:, IE1], p[:, IE2])
@@ -641,22 +671,10 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     if keep.size == 0:
         return _empty(polarity)
     p, data0, inside, pu, pv = p[keep], data0[keep], inside[keep], pu[keep], pv[keep]
-    cround = cround[keep]
-    resid = res.resid[keep]
-    # deblending: subtract neighbours' models (windows overlap within ~2·half) and refit the
-    # beads that have neighbours
+    cround, resid = cround[keep], resid[keep]
+    # neighbours among the accepted beads only (rejected candidates no longer subtract)
     pairs = _close_pairs(p[:, [IU, IV]], 2.0 * setup.half + 1.0)
-    data = data0
-    if len(pairs) and opts.deblend:
-        inv = np.unique(pairs[:, 0])
-        for _ in range(opts.deblend):
-            data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
-            r = irls(p[inv], data[inv], inside[inv], pu[inv], pv[inv], 1, opts.iterations,
-                     init_linear=False)
-            p = p.copy()
-            p[inv] = r.params
-            resid[inv] = r.resid
-        data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
+    data = data0 - _neighbour_models(p, pu, pv, setup, pairs) if len(pairs) else data0
     # final pass: the sandwich covariance of each centre under the image's noise correlation
     # (detector blur), scaled by the bead's own reduced χ²
     # data-driven variance(transmission) from the residuals, then the final weighted fit
@@ -694,7 +712,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
         axis=(1, 2))
     chi2 = chi2_disc
     rad = _radius(p)
-    c_img = _contrast(r, p, pu, pv)
+    c_img = _contrast(r.model, p, pu, pv)
     contrast = c_img * scale
     # SNR in the transmission domain (independent of the display): blocked fraction at the
     # peak times the amplitude (quanta of the background in a linear display, the display gain
@@ -714,7 +732,8 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     pr = _close_pairs(uv, (2.0 + opts.touch_gap) * float(rad.max()))
     if len(pr):
         gap = np.linalg.norm(uv[pr[:, 0]] - uv[pr[:, 1]], axis=1) - rad[pr[:, 0]] - rad[pr[:, 1]]
-        close = gap < opts.touch_gap * np.minimum(rad[pr[:, 0]], rad[pr[:, 1]])
+        blur = np.exp(p[pr[:, 0], ILS]) + np.exp(p[pr[:, 1], ILS])
+        close = gap < opts.touch_gap * np.maximum(rad[pr[:, 0]], rad[pr[:, 1]]) + blur
         touching[pr[close, 0]] = True
     final = snr >= opts.min_snr
     score = ((1.0 - np.exp(-snr / 10.0)) * np.clip(cround, 0, 1)

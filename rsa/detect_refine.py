@@ -280,7 +280,8 @@ def linear_init(p: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray
 
 def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: np.ndarray,
         setup: FitSetup, *, iterations: int = 12, rho: np.ndarray | None = None,
-        init_linear: bool = True, fixed: tuple[int, ...] = ()) -> FitResult:
+        init_linear: bool = True, fixed: tuple[int, ...] = (),
+        box: tuple[np.ndarray, float] | None = None) -> FitResult:
     """Levenberg–Marquardt fit of all beads at once.
 
     Parameters
@@ -293,6 +294,8 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         Normalised autocorrelation of the whitened noise; the centre covariance is the sandwich
         estimate under it (white noise when None).
     fixed : tuple of parameter indices held at their start values.
+    box : ((N, 2) centres, half width) or None
+        Keep each bead centre inside this box (a trust region while neighbours overlap).
     """
     free = np.ones(NPAR, bool)
     free[list(fixed)] = False
@@ -323,6 +326,8 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
                   + ~free)[:, :, None] * eye
         step = np.linalg.solve(Hd, grad[..., None])[..., 0]
         pt = _clip(p[idx] + step, setup)
+        if box is not None:
+            pt[:, :2] = np.clip(pt[:, :2], box[0][idx] - box[1], box[0][idx] + box[1])
         mt, Jt = model_and_jacobian(pt, pu[idx], pv[idx], cu[idx], cv[idx], setup)
         Jt[:, ~free] = 0.0
         rt = data[idx] - mt
