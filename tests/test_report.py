@@ -460,3 +460,19 @@ def test_report_of_real_pipeline(tmp_path):
     outputs = [p for d in (tmp_path / "out", tmp_path / "results") for p in d.rglob("*")
                if p.is_file()]
     assert _leaks(outputs) == []
+
+
+def test_guideline_items_use_surgery_date(implant):
+    from rsa.report.checklist import guideline_table
+
+    res = implant["res"]
+    items = dict(guideline_table(res).rows)
+    assert items["Days from surgery to the reference (baseline) exam"].startswith("missing")
+    assert items["Days from the reference exam to the last follow-up"] == "365 (n = 1)"
+    manifest = {**res.manifest}
+    manifest["subjects"] = [{**manifest["subjects"][0], "surgery_date": "2025-12-22"}]
+    items = dict(guideline_table(dataclasses.replace(res, manifest=manifest)).rows)
+    # reference exam 2026-01-05 is 14 days after surgery, the 1-year follow-up 379 days
+    assert items["Days from surgery to the reference (baseline) exam"] == "14 (n = 1)"
+    assert items["Days from surgery to the primary endpoint (last follow-up)"] == "379 (n = 1)"
+    assert items["Marker method"].startswith("all-marker")

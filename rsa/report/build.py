@@ -11,7 +11,7 @@ from rsa import __version__
 from rsa.errors import InputError
 from rsa.io.atomic import atomic_write_bytes, atomic_write_text
 from rsa.report import figures
-from rsa.report.checklist import checklist_table
+from rsa.report.checklist import checklist_table, guideline_table
 from rsa.report.cpt import cpt_for_region
 from rsa.report.data import COMPONENTS, LENGTHS, Results, load_results
 from rsa.report.doc import Bullets, Document, Figure, Heading, Para, Table
@@ -183,6 +183,7 @@ def study_document(res: Results) -> Document:
                Bullets(tuple(f"{sj}: {s}" for sj in subs for m in motions
                              for s in stability_summary(res, sj, m))),
                Heading("Documentation checklist", 2), checklist_table(res, None),
+               Heading("Guideline reporting items", 2), guideline_table(res),
                Heading("Precision", 2), precision_table(res, motions)]
     for k, m in enumerate(motions):
         seg, ref = m.split("/", 1)

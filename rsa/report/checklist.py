@@ -11,6 +11,10 @@ the raw TOML (``[study]``, overridable per ``[[subjects]]``):
     indication = "Routine RSA follow-up of an uncemented tibial component (RCT arm B)."
     impression = "..."   # the interpreting clinician's conclusion; rsa never writes it
 
+    [[subjects]]
+    id = "S01"
+    surgery_date = "2025-12-20"   # for the guideline items: days from surgery to the exams
+
 Status is ``documented``, ``partial`` or ``missing``.
 """
 
@@ -89,3 +93,75 @@ def checklist_table(res: Results, subject: str | None = None) -> Table:
                  caption="Documentation checklist of the interpretation report; 'missing' "
                          "items must be added to the study manifest (or the signed report) by "
                          "the interpreting clinician.")
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return ""
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{m:.0f} (n = 1)"
+    sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"mean {m:.1f}, SD {sd:.1f} (n = {len(values)})"
+
+
+def guideline_table(res: Results) -> Table:
+    """Reporting items of the RSA guideline (Kaptein et al. 2024) that the results answer.
+
+    References
+    ----------
+    .. [1] Kaptein BL, Pijls B, Koster L, et al. "Guideline for RSA and CT-RSA implant migration
+           measurements: an update of standardizations and recommendations", Acta Orthopaedica
+           2024 (updates Valstar et al., Acta Orthop 2005). Its least-reported items include days
+           from surgery to the baseline and to the primary-endpoint exam (mean, SD) and the
+           consistent- vs all-marker method.
+    .. [2] ISO 16087:2013, Implants for surgery — Roentgen stereophotogrammetric analysis for
+           the assessment of migration of orthopaedic implants.
+    """
+    import contextlib
+    import datetime as _dt
+
+    subs = res.subjects()
+    surgery, endpoint, since_ref = [], [], []
+    for s in subs:
+        ex = res.exams(s)
+        ref = next((e for e in ex if e["kind"] == "reference"), None)
+        fu = [e for e in ex if e["kind"] == "follow-up"]
+        if fu and fu[-1]["day"] is not None:
+            since_ref.append(float(fu[-1]["day"]))
+        sd = res._subject_spec(s).get("surgery_date")
+        if ref and sd:
+            with contextlib.suppress(ValueError, TypeError):
+                op = _dt.date.fromisoformat(str(sd))
+                surgery.append(float((_dt.date.fromisoformat(ref["date"]) - op).days))
+                if fu:
+                    endpoint.append(float((_dt.date.fromisoformat(fu[-1]["date"]) - op).days))
+    th = res.thresholds
+    n_double = {m: next((p["n"] for p in res.tables["precision"] if p["motion"] == m), 0)
+                for m in res.motion_names()}
+    orders = sorted({m["euler_order"] for m in res.tables["motions"] if m["euler_order"]})
+    virtual = any(m.get("points_mm") for m in res.manifest.get("motions", []))
+    missing = "missing: add `surgery_date = \"YYYY-MM-DD\"` to each [[subjects]] of the manifest"
+    rows = (
+        ("Subjects analysed", str(len(subs))),
+        ("Days from surgery to the reference (baseline) exam", _mean_sd(surgery) or missing),
+        ("Days from surgery to the primary endpoint (last follow-up)",
+         _mean_sd(endpoint) or missing),
+        ("Days from the reference exam to the last follow-up", _mean_sd(since_ref) or "—"),
+        ("Marker method", "all-marker: each exam's fit uses every bead of the segment found "
+                          "and not excluded in that exam (beads used per exam in the quality "
+                          "table)"),
+        ("Precision", "; ".join(f"{m}: {n} double exam pair(s)" for m, n in n_double.items())
+         or "—"),
+        ("Fit limits applied", f"ME ≤ {th.get('me_limit_mm', 0.35):g} mm, CN ≤ "
+                               f"{th.get('cn_limit', 150):g}, CLE ≤ "
+                               f"{th.get('cle_limit_mm', 0.5):g} mm, unstable-bead limit "
+                               f"{th.get('unstable_limit_mm', 0.35):g} mm"),
+        ("Axes and rotations", f"cage (lab) frame: x medial-lateral, y proximal-distal, "
+                               f"z anterior-posterior; Euler order {', '.join(orders) or '—'}"),
+        ("MTPM points", "virtual points from the manifest" if virtual else
+         "the segment's beads"),
+    )
+    return Table(("item", "value"), rows, key="guideline", widths=(2.6, 7.0),
+                 caption="Reporting items of the 2024 RSA guideline (Kaptein et al.) and "
+                         "ISO 16087 answered by this analysis.")
