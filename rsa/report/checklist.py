@@ -28,7 +28,7 @@ from rsa.report.doc import Table
 
 def _field(res: Results, subject: str | None, name: str) -> str:
     if subject is not None:
-        val = res._subject_spec(subject).get(name)
+        val = res.subject_spec(subject).get(name)
         if isinstance(val, str) and val.strip():
             return val.strip()
     val = res.study_section.get(name)
@@ -129,7 +129,7 @@ def guideline_table(res: Results) -> Table:
         fu = [e for e in ex if e["kind"] == "follow-up"]
         if fu and fu[-1]["day"] is not None:
             since_ref.append(float(fu[-1]["day"]))
-        sd = res._subject_spec(s).get("surgery_date")
+        sd = res.subject_spec(s).get("surgery_date")
         if ref and sd:
             with contextlib.suppress(ValueError, TypeError):
                 op = _dt.date.fromisoformat(str(sd))

@@ -60,6 +60,21 @@ class Results:
     tables: dict[str, list[dict[str, Any]]]
     manifest: dict[str, Any] = field(default_factory=dict)
     manifest_note: str = ""
+    _index: dict[str, dict[str, list[dict[str, Any]]]] = field(init=False, repr=False)
+    _exams: dict[str, list[dict[str, Any]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Rows grouped by subject once (reports of large cohorts stay linear in the rows).
+        index: dict[str, dict[str, list]] = {}
+        for table, rows in self.tables.items():
+            groups: dict[str, list] = {}
+            for r in rows:
+                subj = r["subject"] if table == "exams" else \
+                    str(r.get("exam_key") or "").split("/", 1)[0]
+                groups.setdefault(subj, []).append(r)
+            index[table] = groups
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_exams", {})
 
     # -- convenience ------------------------------------------------------------------------
     @property
@@ -82,9 +97,14 @@ class Results:
 
     def exams(self, subject: str) -> list[dict[str, Any]]:
         """Exams of `subject` sorted by date then manifest order; adds ``day`` and ``series``."""
-        spec = {e.get("id"): (i, e) for i, e in enumerate(self._subject_spec(subject)
+        if subject not in self._exams:
+            self._exams[subject] = self._sorted_exams(subject)
+        return [dict(e) for e in self._exams[subject]]
+
+    def _sorted_exams(self, subject: str) -> list[dict[str, Any]]:
+        spec = {e.get("id"): (i, e) for i, e in enumerate(self.subject_spec(subject)
                                                           .get("exams", []))}
-        rows = [dict(e) for e in self.tables["exams"] if e["subject"] == subject]
+        rows = [dict(e) for e in self._index["exams"].get(subject, [])]
         for r in rows:
             i, e = spec.get(r["exam_id"], (len(spec), {}))
             r["order"] = i
@@ -98,16 +118,13 @@ class Results:
 
     def segments(self, subject: str) -> dict[str, dict[str, Any]]:
         """Segment name → manifest entry (role, bead ids) for `subject` (fits order)."""
-        spec = {g.get("name"): g for g in self._subject_spec(subject).get("segments", [])}
-        names = dict.fromkeys(f["segment"] for f in self.tables["fits"]
-                              if f["exam_key"].startswith(f"{subject}/"))
+        spec = {g.get("name"): g for g in self.subject_spec(subject).get("segments", [])}
+        names = dict.fromkeys(f["segment"] for f in self._index["fits"].get(subject, []))
         return {n: dict(spec.get(n, {})) for n in names}
 
     def rows(self, table: str, subject: str | None = None, **where: Any) -> list[dict]:
         """Rows of `table` (optionally of one subject's exams, filtered by equality)."""
-        out = self.tables[table]
-        if subject is not None:
-            out = [r for r in out if r.get("exam_key", "").startswith(f"{subject}/")]
+        out = self.tables[table] if subject is None else self._index[table].get(subject, [])
         return [r for r in out if all(r.get(k) == v for k, v in where.items())]
 
     def motion_names(self) -> list[str]:
@@ -128,7 +145,8 @@ class Results:
             return "no precision rows in the results"
         return next((p["form"] for p in rows if p["component"] == "*"), "")
 
-    def _subject_spec(self, subject: str) -> dict[str, Any]:
+    def subject_spec(self, subject: str) -> dict[str, Any]:
+        """The subject's raw manifest entry (``{}`` when unknown or no manifest)."""
         return next((s for s in self.manifest.get("subjects", []) if s.get("id") == subject),
                     {})
 

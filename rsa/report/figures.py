@@ -72,7 +72,7 @@ def _images(res: Results, subject: str, exam_id: str) -> dict[str, np.ndarray]:
     """View name → image of an exam, in the pipeline's view order (manifest image order)."""
     from rsa.io.images import read_radiograph, split_views
 
-    spec = next((e for e in res._subject_spec(subject).get("exams", [])
+    spec = next((e for e in res.subject_spec(subject).get("exams", [])
                  if e.get("id") == exam_id), None)
     if spec is None:
         raise FileNotFoundError("exam not in the manifest")

@@ -64,15 +64,18 @@ def migration_figure(curves: Sequence[Mapping], limits: Mapping[str, tuple[float
                 lo, hi = limits[comp]
                 ax.axhspan(lo, hi, **_BAND, label="95 % precision limits (double exams)")
             ax.axhline(0.0, color="0.3", lw=0.6)
+            many = len(curves) > 8   # a cohort: one colour, no per-subject legend
             for k, cv in enumerate(curves):
                 day = np.asarray(cv["day"], float)
                 val = np.asarray(cv["values"][comp], float)
                 dbl = np.asarray(cv["double"], bool)
                 sig = np.asarray(cv["significant"][comp], bool)
-                col = colors(k % 10)
-                ax.plot(day[~dbl], val[~dbl], "-o", color=col, ms=4, label=cv["label"])
+                col = (0.12, 0.47, 0.71, 0.35) if many else colors(k % 10)
+                name = f"subjects (n = {len(curves)})" if many else cv["label"]
+                ax.plot(day[~dbl], val[~dbl], "-o", color=col, ms=3 if many else 4,
+                        lw=0.7 if many else 1.5, label=name)
                 ax.plot(day[dbl], val[dbl], "o", mfc="none", color=col, ms=6,
-                        label=f"{cv['label']} double exams")
+                        label="double exams" if many else f"{cv['label']} double exams")
                 ax.plot(day[sig], val[sig], "x", color="#c0392b", ms=9, mew=1.6,
                         label="beyond precision limit")
             ax.set_title(f"{LABELS[comp]} ({UNITS[comp]})", fontsize=9)

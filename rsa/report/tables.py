@@ -38,7 +38,7 @@ def exam_table(res: Results, subject: str) -> Table:
         link = ""
         if e["kind"] == "double":
             link = next((f"double of {x.get('double_of')}" for x in
-                         res._subject_spec(subject).get("exams", [])
+                         res.subject_spec(subject).get("exams", [])
                          if x.get("id") == e["exam_id"]), "double")
         elif e["series"]:
             link = f"series {e['series']}"
@@ -131,7 +131,10 @@ def quality_rows(res: Results, subject: str) -> list[dict[str, Any]]:
     me_lim, cn_lim = th.get("me_limit_mm", 0.35), th.get("cn_limit", 150.0)
     cle_lim = th.get("cle_limit_mm", 0.5)
     fits = {(f["exam_key"], f["segment"]): f for f in res.rows("fits", subject)}
-    beads = res.rows("beads", subject)
+    cle_by: dict[tuple[str, str], list[float]] = {}
+    for bd in res.rows("beads", subject):
+        if bd["cle_mm"] is not None:
+            cle_by.setdefault((bd["exam_key"], bd["segment"]), []).append(bd["cle_mm"])
     out = []
     for e in res.exams(subject):
         key = f"{subject}/{e['exam_id']}"
@@ -139,8 +142,7 @@ def quality_rows(res: Results, subject: str) -> list[dict[str, Any]]:
             f = fits.get((key, seg))
             if f is None:
                 continue
-            cles = [b["cle_mm"] for b in beads if b["exam_key"] == key and b["segment"] == seg
-                    and b["cle_mm"] is not None]
+            cles = cle_by.get((key, seg), [])
             cle = max(cles) if cles else None
             me_ok = f["me_mm"] is not None and f["me_mm"] <= me_lim
             cn_ok = f["cn"] is not None and f["cn"] <= cn_lim
