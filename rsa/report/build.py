@@ -147,9 +147,9 @@ def subject_document(res: Results, subject: str, *, phi: dict[str, str] | None =
         b.append(Figure(png, "Bead configuration of each segment in the reference exam "
                         "(cage frame, mm).", key="fig-beads3d", width=1.0))
     b += [Heading("Traceability"),
-          hash_table(res, subject, include_paths=phi is not None),
-          Para(f"Results folder: {res.folder.name}; tables also exported as CSV and "
-               "results.json there.", "note")]
+          Para(f"Results folder: {res.folder.name} (every table also exported there as CSV "
+               "and results.json).", "note"),
+          hash_table(res, subject, include_paths=phi is not None)]
     footer = (f"{res.study_id} · subject {subject} · rsa {__version__} · "
               "interpretation aid, not a diagnosis")
     return Document(title, sub, tuple(b), footer)

@@ -23,6 +23,8 @@ p.note{color:#555;font-size:12px}p.warn{color:#b03a2e}p.ok{color:#1e7b34}
 p.banner{background:#fdecea;border:1px solid #b03a2e;padding:6px;font-weight:bold}
 figure{margin:10px 0}figure img{max-width:100%}figcaption{color:#555;font-size:11px}
 footer{margin-top:30px;color:#777;font-size:11px;border-top:1px solid #ccc}
+@media print{body{max-width:none;margin:0}.newpage{break-before:page}
+ table,figure{break-inside:avoid}}
 """
 
 
@@ -64,7 +66,8 @@ def render_html(doc: Document) -> str:
     for b in doc.blocks:
         if isinstance(b, Heading):
             n = min(b.level + 1, 4)
-            out.append(f"<h{n}>{escape(b.text)}</h{n}>")
+            cls = ' class="newpage"' if b.new_page else ""
+            out.append(f"<h{n}{cls}>{escape(b.text)}</h{n}>")
         elif isinstance(b, Para):
             out.append(f'<p class="{b.style}">{escape(b.text)}</p>')
         elif isinstance(b, Bullets):
