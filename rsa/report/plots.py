@@ -1,4 +1,4 @@
-"""Report figures (matplotlib, Agg backend), returned as PNG bytes.
+"""Report figures (matplotlib, object-oriented API without pyplot), returned as PNG bytes.
 
 Every function takes plain arrays/dicts (no store access) and returns the encoded PNG, so the
 same image is embedded in the HTML (base64) and the PDF.
@@ -17,25 +17,28 @@ _DPI = 150
 _BAND = {"color": "0.55", "alpha": 0.25, "lw": 0}
 
 
-def _plt():
+def _figure(**kwargs):
+    """A pyplot-free Figure (no global state, no backend switch in the caller's session)."""
+    from matplotlib.figure import Figure
+
+    return Figure(layout="constrained", **kwargs)
+
+
+def _cmap(name: str = "tab10"):
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
-    _plt().close(fig)
     return buf.getvalue()
 
 
 def segment_colors(names: Sequence[str]) -> dict[str, tuple]:
     """A stable colour per segment name (tab10)."""
-    cmap = _plt().get_cmap("tab10")
+    cmap = _cmap()
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
@@ -53,10 +56,10 @@ def migration_figure(curves: Sequence[Mapping], limits: Mapping[str, tuple[float
         95 % precision limits from double exams (empty when not computed).
     title : str
     """
-    plt = _plt()
     comps = (("tx", "ty", "tz", "total_translation"), ("rx", "ry", "rz", "mtpm"))
-    fig, axes = plt.subplots(2, 4, figsize=(11, 5.4), sharex=True, layout="constrained")
-    colors = plt.get_cmap("tab10")
+    fig = _figure(figsize=(11, 5.4))
+    axes = fig.subplots(2, 4, sharex=True)
+    colors = _cmap()
     for r, row in enumerate(comps):
         for c, comp in enumerate(row):
             ax = axes[r, c]
@@ -102,11 +105,10 @@ def level_motion_figure(levels: Sequence[Mapping], *, title: str) -> bytes:
         One per level (motion): ``label``; ``exams`` (n,) exam ids; ``values`` component →
         (n,); ``limits`` component → (lower, upper) (may be empty).
     """
-    plt = _plt()
     n = len(levels)
-    fig, axes = plt.subplots(n, 2, figsize=(11, 2.9 * n + 0.6), squeeze=False,
-                             layout="constrained")
-    colors = plt.get_cmap("tab10")
+    fig = _figure(figsize=(11, 2.9 * n + 0.6))
+    axes = fig.subplots(n, 2, squeeze=False)
+    colors = _cmap()
     for i, lev in enumerate(levels):
         x = np.arange(len(lev["exams"]))
         for j, group in enumerate((("rx", "ry", "rz"), ("tx", "ty", "tz"))):
@@ -160,10 +162,10 @@ def overlay_figure(panels: Sequence[Mapping], colors: Mapping[str, tuple], *,
     max_px : int
         Largest side of the downsampled whole-view image.
     """
-    plt = _plt()
-    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.6 * len(panels) + 0.4),
-                             squeeze=False,
-                             layout="constrained")
+    from matplotlib.patches import Rectangle
+
+    fig = _figure(figsize=(11, 3.6 * len(panels) + 0.4))
+    axes = fig.subplots(len(panels), 2, squeeze=False)
     for i, p in enumerate(panels):
         img = np.asarray(p["image"], float)
         small, k = _downsample(img, max_px)
@@ -182,7 +184,7 @@ def overlay_figure(panels: Sequence[Mapping], colors: Mapping[str, tuple], *,
         uv = np.array([(b[0], b[1]) for b in p["beads"]], float).reshape(-1, 2)
         if len(uv):
             lo, hi = uv.min(0) - 60, uv.max(0) + 60
-            ax.add_patch(plt.Rectangle(lo, *(hi - lo), fill=False, ec="#3498db", lw=0.8,
+            ax.add_patch(Rectangle(lo, *(hi - lo), fill=False, ec="#3498db", lw=0.8,
                                        label="patient beads (right)"))
         ax.set_title(f"view {p['view']}: whole image (1:{k})", fontsize=9)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3,
@@ -226,8 +228,7 @@ def beads3d_figure(segments: Mapping[str, tuple[Sequence[str], np.ndarray]],
     segments : mapping name → (bead ids, (M, 3) mm)
         Bead centres in the cage (lab) frame; NaN rows are skipped.
     """
-    plt = _plt()
-    fig = plt.figure(figsize=(11, 4.2), layout="constrained")
+    fig = _figure(figsize=(11, 4.2))
     ax3 = fig.add_subplot(1, 3, 1, projection="3d")
     axf = fig.add_subplot(1, 3, 2)
     axl = fig.add_subplot(1, 3, 3)
