@@ -476,3 +476,34 @@ def test_guideline_items_use_surgery_date(implant):
     assert items["Days from surgery to the reference (baseline) exam"] == "14 (n = 1)"
     assert items["Days from surgery to the primary endpoint (last follow-up)"] == "379 (n = 1)"
     assert items["Marker method"].startswith("all-marker")
+
+
+def test_overlay_views_from_a_side_by_side_file(tmp_path):
+    """A single cassette image holding both views is split like the pipeline splits it."""
+    import sys
+
+    from rsa.report.data import Results
+    from rsa.report.figures import _images
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    study = write_study(tmp_path / "s", variant="implant", seed=0, detector_px=600,
+                        pixel_spacing_mm=0.7, side_by_side=True)
+    manifest = tomllib.loads((study / "study.toml").read_text(encoding="utf-8"))
+    res = Results(tmp_path, {"manifest": str(study / "study.toml")},
+                  {t: [] for t in ("exams", "views", "markers", "beads", "fits", "motions",
+                                   "precision")}, manifest)
+    views = _images(res, "S01", "REF")
+    assert list(views) == ["A", "B"]
+    assert views["A"].shape == views["B"].shape == (600, 600)
+
+
+def test_unfinished_store_is_refused(tmp_path):
+    from rsa.io.store import ResultStore
+
+    with ResultStore(tmp_path / "results.sqlite"):
+        pass
+    with pytest.raises(InputError, match="the analysis has not finished"):
+        load_results(tmp_path)
