@@ -31,6 +31,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -65,6 +66,12 @@ from rsa.detect_refine import (
 from rsa.errors import InputError
 
 __all__ = ["Beads2D", "DetectOptions", "detect_beads"]
+
+#: Pixels where the bead model blocks more than 90 % of the beam are left out of the fits: the
+#: core is flat (no position information), and at clinical dose it holds a few quanta whose log
+#: display is clipped and skewed, so it would only add model error.
+_T_CORE = 0.0
+_TILT = 1.0
 _DEBUG = False
 _SIGN = 0.0
 
@@ -108,6 +115,10 @@ class DetectOptions:
     edge_ratio : float
         A bead is flagged ``near_edge`` when the fitted background change across its diameter
         exceeds this fraction of its contrast.
+    edge_anisotropy : float
+        A bead is also flagged ``near_edge`` when the residual variance in the ring around it
+        differs by more than this factor between its most and least noisy of 8 directions
+        (an implant edge or bone cortex in the window; noise alone stays below ≈ 2.5).
     touch_gap : float
         Two beads are flagged ``touching`` when the gap between their rims is below
         ``touch_gap`` × radius plus their blur widths (their blurred shadows overlap).
@@ -137,6 +148,7 @@ class DetectOptions:
     max_ellipticity: float = 0.3
     max_chi2: float = 3.0
     edge_ratio: float = 0.3
+    edge_anisotropy: float = 4.0
     touch_gap: float = 0.5
     n_scales: int = 2
     subsample: int = 2
@@ -321,7 +333,7 @@ def _candidates(blurred: list[np.ndarray], resp: list[np.ndarray], radii: np.nda
     rad = max(1, int(np.floor(radii[0])))
     ker = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rad + 1, 2 * rad + 1))
     dil = cv2.dilate(best, ker)
-    knots, rel = noise_curve
+    _, rel = noise_curve
     thr = med + opts.threshold * noise * float(rel.min())
     peak = (best >= dil) & (best > thr)
     vv, uu = np.nonzero(peak)
@@ -530,8 +542,8 @@ def detect_beads(image: ArrayLike, *, pixel_spacing_mm: ArrayLike,
     if polarity == "dark":
         work = np.float32(1.0) - work
     return _refine(work, cand_uv, cand.radius[: len(cand_uv)] * f,
-                   cand.roundness[: len(cand_uv)], r_lo, r_hi, polarity, log_display, opts,
-                   scale)
+                   cand.roundness[: len(cand_uv)], r_lo, r_hi, diam, polarity, log_display,
+                   opts, scale)
 
 
 def _empty(polarity: str) -> Beads2D:
@@ -575,12 +587,13 @@ def _rel_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup
     """
     c = np.tanh(p[:, ILC])[:, None, None]
     t = np.clip(1.0 - _blocked(p, pu, pv, setup), 1e-6, 1.0)
-    return t ** (-2.0 * c) * (t + eps) / (1.0 + eps) * _taper(p, pu, pv)
+    var = t ** (-2.0 * c) * (t + eps) / (1.0 + eps) * _taper(p, pu, pv)
+    return np.where(t < _T_CORE, np.inf, var)
 
 
 def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndarray,
-            r_lo: float, r_hi: float, polarity: str, log_display: bool, opts: DetectOptions,
-            scale: float) -> Beads2D:
+            r_lo: float, r_hi: float, diam: np.ndarray, polarity: str, log_display: bool,
+            opts: DetectOptions, scale: float) -> Beads2D:
     """Model fits, tests and flags for the candidates ``cuv`` (M, 2) of a normalised image."""
     if len(cuv) == 0:
         return _empty(polarity)
@@ -621,6 +634,13 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     params = np.stack([f.params for f in fits])[k, np.arange(len(top))]
     p0[:, ILS] = np.median(params[:, ILS])
     p0[:, IR] = np.clip(p0[:, IR] * np.median(params[:, IR] / p0[top, IR]), 0.6 * r_lo, r_hi)
+    # the beads of one image differ in size only by their diameters and the spread of
+    # magnification (≤ 1.25× either way in RSA set-ups): bound the radius around the typical
+    # one so that no fit can collapse onto the noisy core of a bead
+    r_typ = float(np.median(params[:, IR]))
+    d_ratio = float(np.sqrt(diam.max() / diam.min()))
+    setup = dataclasses.replace(setup, r_min=r_typ / (1.25 * d_ratio),
+                                r_max=r_typ * 1.25 * d_ratio)
     p0[top] = params
     # first pass with the centres held near the candidates and each window cut at the
     # mid-line to any close candidate (Voronoi): a bead and its touching neighbour must not
@@ -637,6 +657,26 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     res = irls(p0, data0, own, pu, pv, 1, opts.iterations,
                box=(cuv.astype(float), max(1.5, 0.25 * r_lo)))
     p, model, resid, chi2r = res.params, res.model.copy(), res.resid.copy(), res.chi2_red.copy()
+    # second start for fits far from the typical shape (local minima of the radius–blur–
+    # amplitude trade-off): restart from the typical radius and blur, keep the better fit
+    ok = (p[:, IA] > 0) & (chi2r > 0)
+    if ok.sum() >= 3:
+        lr, ls = np.log(p[ok, IR]), p[ok, ILS]
+        odd = (np.abs(np.log(p[:, IR]) - np.median(lr)) > 0.2) \
+            | (np.abs(p[:, ILS] - np.median(ls)) > 0.4) \
+            | (np.hypot(p[:, IE1], p[:, IE2]) > 0.8 * opts.max_ellipticity)
+        odd = np.flatnonzero(odd)
+        if odd.size:
+            q = p[odd].copy()
+            q[:, IR] = np.exp(np.median(lr))
+            q[:, ILS] = np.median(ls)
+            q[:, IE1] = q[:, IE2] = 0.0
+            r2 = irls(q, data0[odd], own[odd], pu[odd], pv[odd], 1, opts.iterations,
+                      box=(cuv[odd].astype(float), max(1.5, 0.25 * r_lo)))
+            better = odd[r2.chi2_red < chi2r[odd]]
+            sel = r2.chi2_red < chi2r[odd]
+            p[better], model[better], resid[better], chi2r[better] = (
+                r2.params[sel], r2.model[sel], r2.resid[sel], r2.chi2_red[sel])
     # deblending: subtract the neighbours' bead models (windows overlap within ~2·half) and
     # refit the beads that have neighbours, alternately; touching beads separate this way
     data = data0
@@ -680,7 +720,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     # data-driven variance(transmission) from the residuals, then the final weighted fit
     t = 1.0 - _blocked(p, pu, pv, setup)
     knots, rel = transmission_variance(t, resid, inside, np.ones(len(p), bool))
-    w = inside / (np.interp(t, knots, rel) * _taper(p, pu, pv))
+    w = np.where(t < _T_CORE, 0.0, inside / (np.interp(t, knots, rel) * _taper(p, pu, pv)))
     rho, s_det = noise_correlation(work)
     r = fit(p, data, w, pu, pv, setup, iterations=opts.iterations, rho=rho, init_linear=False,
             fixed=fx)
@@ -693,7 +733,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
         # display a = ∇(background)/gain; σ_d is the detector blur seen in the noise
         # correlation. Undo the shift.
         grad = p[:, [IBU, IBV]] / p[:, IA, None]
-        uv -= s_det ** 2 * grad
+        uv -= _TILT * s_det ** 2 * grad
     noise = np.sqrt(chi2)   # background pixel noise (relative variance 1 there)
     # misfit over the bead's own disc (anatomy structure elsewhere in the window does not count),
     # relative to the whole-window noise level: an implant edge across the bead shows here
@@ -723,7 +763,18 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     birge = np.maximum(1.0, chi2_ring / np.median(chi2_ring))
     sig = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None) * birge[:, None])
     H, Wd = work.shape
-    near_edge = ((bg_span > opts.edge_ratio * np.abs(c_img))
+    # structure next to the bead (implant or bone edge): the residual variance around it
+    # differs strongly between directions (8 sectors of ≈ 50–100 pixels: pure noise keeps
+    # their ratio below ≈ 2.5)
+    sector = (np.floor((np.arctan2(dv, du) + np.pi) / (np.pi / 4)).astype(int) % 8)
+    ring_f = ring.astype(float)
+    num = np.stack([(z2 * ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
+    cnt = np.stack([(ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
+    sec = num / np.maximum(cnt, 1.0)
+    has = cnt > 8
+    anis = np.where(has, sec, -np.inf).max(1) / np.maximum(np.where(has, sec, np.inf).min(1),
+                                                           1e-300)
+    near_edge = ((bg_span > opts.edge_ratio * np.abs(c_img)) | (anis > opts.edge_anisotropy)
                  | (chi2_ring > opts.max_chi2 * np.median(chi2_ring)))
     occluded = chi2 > opts.max_chi2
     clipped = ((uv[:, 0] - rad < -0.5) | (uv[:, 1] - rad < -0.5)

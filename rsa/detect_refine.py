@@ -19,8 +19,9 @@ with ``c → 0`` the linear and ``c → 1`` the log display, fitted per bead. Th
 sampled on a sub-pixel grid *centred on the current bead estimate*, and the box ⊗ Gaussian kernel
 is applied analytically (differences of normal CDFs) as two separable matrices,
 ``B = K_v(v, σ) · S · K_u(u, σ)ᵀ``. Because the sub-grid moves with the bead, the model is an
-exactly point-symmetric, smooth function of ``(pixel − centre)``: the discretisation of the sharp rim
-changes the profile only symmetrically and cannot bias the centre or lock it to the pixel grid.
+exactly point-symmetric, smooth function of ``(pixel − centre)``: the discretisation of the
+sharp rim changes the profile only symmetrically and cannot bias the centre or lock it to the
+pixel grid.
 
 Fitting is a Levenberg–Marquardt iteration [2]_ vectorised over beads. Derivatives in the centre
 and blur are analytic (kernel derivatives); radius and ellipticity act as linear maps of the
@@ -65,6 +66,8 @@ class FitSetup:
     sub: int             # sub-samples per pixel of the sharp profile
     r_lo: float
     r_hi: float
+    r_min: float = 0.0   # radius bounds of the fit
+    r_max: float = np.inf
     blur_lo: float = 0.25
     blur_hi: float = 3.0
     k_lo: float = 0.05
@@ -77,8 +80,8 @@ class FitSetup:
 def make_setup(r_lo: float, r_hi: float, *, sub: int = 3, blur_guess: float = 1.0) -> FitSetup:
     """Window and sub-grid sizes that hold beads of radius up to ``r_hi`` px."""
     half = int(np.ceil(r_hi * 1.15 + 3.0 * blur_guess + 1.5))
-    return FitSetup(half=half, sub=sub, r_lo=r_lo, r_hi=r_hi * 1.3,
-                    rim=1.0 / (sub * 0.7 * r_lo))
+    return FitSetup(half=half, sub=sub, r_lo=r_lo, r_hi=r_hi * 1.3, r_min=0.5 * r_lo,
+                    r_max=r_hi * 1.3, rim=1.0 / (sub * 0.7 * r_lo))
 
 
 def _grid(setup: FitSetup, p: np.ndarray) -> np.ndarray:
@@ -235,7 +238,7 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
 
 
 def _clip(p: np.ndarray, setup: FitSetup) -> np.ndarray:
-    p[:, IR] = np.clip(p[:, IR], 0.5 * setup.r_lo, setup.r_hi)
+    p[:, IR] = np.clip(p[:, IR], setup.r_min, setup.r_max)
     e = np.hypot(p[:, IE1], p[:, IE2])
     f = np.minimum(1.0, setup.e_max / np.maximum(e, 1e-12))
     p[:, IE1] *= f
