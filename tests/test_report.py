@@ -1,9 +1,11 @@
 """Tests of rsa.report: reports of an analysed phantom study (HTML, PDF, CLI).
 
 The phantom studies are small (1500 px detector at 0.286 mm, same field of view as the default)
-and analysed once per module. Bead detection is replaced by the exact projections of the truth
-plus N(0, 0.05 px) noise (the lead's harness), so these tests exercise the report, not the
-detector; every number in the report is compared with the results store it was built from.
+and analysed once per module. The implant study runs through the real pipeline (bead detection
+included, about 5 s); for the spine study bead detection is replaced by the exact projections of
+the truth plus N(0, 0.05 px) noise (the lead's harness), because the real pipeline currently stops
+on the coarse spine phantom with "Expected `rotation` and `translation` to be finite". Every
+number in a report is compared with the results store it was built from.
 """
 
 from __future__ import annotations
@@ -79,14 +81,15 @@ def _plant_phi(study_dir: Path) -> None:
         ds.save_as(f)
 
 
-def _analysed(tmp: Path, variant: str) -> Path:
+def _analysed(tmp: Path, variant: str, *, real_detection: bool) -> Path:
     study = tmp / "study"
     write_study(study, setup="uniplanar", variant=variant, seed=0, detector_px=1500,
                 pixel_spacing_mm=0.286)
     _plant_phi(study)
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
         warnings.simplefilter("ignore")   # quality flags of the phantom are reported, not raised
-        _truth_detection(study, mp)
+        if not real_detection:
+            _truth_detection(study, mp)
         pipeline.analyse_study(study / "study.toml", tmp / "results", executor="serial",
                                resume=False)
     return tmp / "results"
@@ -95,7 +98,7 @@ def _analysed(tmp: Path, variant: str) -> Path:
 @pytest.fixture(scope="module")
 def implant(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report_implant")
-    results = _analysed(tmp, "implant")
+    results = _analysed(tmp, "implant", real_detection=True)
     plain = build_report(results, tmp / "plain")
     phi = build_report(results, tmp / "phi", include_phi=True)
     return {"tmp": tmp, "results": results, "plain": plain, "phi": phi,
@@ -105,7 +108,7 @@ def implant(tmp_path_factory):
 @pytest.fixture(scope="module")
 def spine(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report_spine")
-    results = _analysed(tmp, "spine")
+    results = _analysed(tmp, "spine", real_detection=False)
     return {"results": results, "res": load_results(results),
             "files": build_report(results, tmp / "out", overlays="none")}
 
@@ -437,29 +440,6 @@ def test_report_without_manifest_or_precision(implant, tmp_path):
     assert "No precision limits (not computed: fewer than 2 double exams)" in text
     rows = _parse(_one(files, ".html", "S01")).tables["motion-S01-implant/tibia"]
     assert all(r[0] != "95 % limits" for r in rows)
-
-
-@pytest.mark.slow
-def test_report_of_real_pipeline(tmp_path):
-    """End to end with the real bead detector (about 25 s for the analysis on 2 cores)."""
-    study = tmp_path / "study"
-    write_study(study, setup="uniplanar", variant="implant", seed=0, detector_px=1500,
-                pixel_spacing_mm=0.286)
-    _plant_phi(study)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipeline.analyse_study(study / "study.toml", tmp_path / "results", executor="process",
-                               resume=False)
-    files = build_report(tmp_path / "results", tmp_path / "out")
-    res = load_results(tmp_path / "results")
-    rows = _parse(_one(files, ".html", "S01")).tables["motion-S01-implant/tibia"]
-    body = {r[0]: r for r in rows[1:]}
-    for exam, m in _motion_rows(res):
-        for c, cell in zip(COMPS, body[exam][3:11], strict=True):
-            assert _close(cell, m[c], DECIMALS[c]), (exam, c)
-    outputs = [p for d in (tmp_path / "out", tmp_path / "results") for p in d.rglob("*")
-               if p.is_file()]
-    assert _leaks(outputs) == []
 
 
 def test_guideline_items_use_surgery_date(implant):
