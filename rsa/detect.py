@@ -510,7 +510,7 @@ def detect_beads(image: ArrayLike, *, pixel_spacing_mm: ArrayLike,
         raise InputError(f"Beads would be smaller than 1 px in radius ({r_lo:.2f} px): check "
                          "`pixel_spacing_mm` and `bead_diameters_mm`.")
     # candidate stage at half resolution when the beads are large enough (4× fewer pixels)
-    f = 2 if r_lo >= 3.0 else 1
+    f = 2 if r_lo >= 2.8 else 1
     small = cv2.resize(work, (work.shape[1] // f, work.shape[0] // f),
                        interpolation=cv2.INTER_AREA) if f > 1 else work
     radii = np.geomspace(r_lo, r_hi, opts.n_scales) if opts.n_scales > 1 else \
