@@ -63,7 +63,8 @@ def stability_summary(res: Results, subject: str, motion: str) -> list[str]:
     for c in COMPONENTS:
         p, v = prec.get(c), m[c]
         if p and v is not None and not p["lower"] <= v <= p["upper"]:
-            beyond.append(f"{LABELS[c]} {fmt(v, 3)} {UNITS[c]} (limits {fmt(p['lower'], 3)} "
+            unit = UNITS[c] if UNITS[c] == "°" else f" {UNITS[c]}"
+            beyond.append(f"{LABELS[c]} {fmt(v, 3)}{unit} (limits {fmt(p['lower'], 3)} "
                           f"to {fmt(p['upper'], 3)})")
     text += (" Components beyond their limits: " + ", ".join(beyond) + "." if beyond else
              " No single component is beyond its limit.")
@@ -146,7 +147,8 @@ def integrity_notes(res: Results, subject: str) -> list[str]:
                    f"(limit {th.get('me_limit_mm', 0.35):g} mm)")
             if np.ptp(d) >= 28 and len(me) >= 3:
                 slope = np.polyfit(d / 365.25, me, 1)[0]
-                msg += f", trend {slope:+.3f} mm/year"
+                s = fmt(slope, 3)
+                msg += f", trend {s if s.startswith('-') else '+' + s} mm/year"
             high = [r["exam"] for r in rows if r["me_mm"] is not None and not r["me_ok"]]
             msg += f"; above the limit in {', '.join(high)}." if high else "."
             notes.append(msg)
