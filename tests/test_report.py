@@ -402,6 +402,9 @@ def test_bad_inputs(implant, tmp_path):
     with pytest.raises(InputError, match="Expected `overlays`"):
         build_report(implant["results"], tmp_path / "out", overlays="some")
     assert not (tmp_path / "out").exists()
+    files = build_report(implant["results"], tmp_path / "out", formats="html", overlays="none",
+                         subject="S01")
+    assert [f.name for f in files] == ["PHANTOM-TKA_S01.html"]
 
 
 def test_cli_report(implant, tmp_path):

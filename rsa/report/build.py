@@ -222,7 +222,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *,
         Output folder of ``rsa analyze`` (holds ``results.sqlite``).
     out_dir : path
         Folder for the reports (created).
-    formats : sequence of {"html", "pdf"}
+    formats : sequence of {"html", "pdf"}, or a comma-separated string
     include_phi : bool
         Show patient name, ID and birth date, read now from the subject's DICOM headers (and
         input file paths). Off by default: reports then hold only the subject pseudonym.
@@ -242,6 +242,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *,
     InputError
         Unknown format, subject or overlay choice; no results in `results_dir`.
     """
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
     fmts = tuple(dict.fromkeys(formats))
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
