@@ -332,8 +332,9 @@ def _write_results(store, study, measurements, series, prec) -> dict[str, list[s
 
 
 def _fit_row(seg, e: int) -> dict:
-    R = None if seg.pose is None else seg.pose.rotation[e]
-    t = None if seg.pose is None else seg.pose.translation[e]
+    fitted = seg.pose is not None and not seg.fit_error[e]
+    R = seg.pose.rotation[e] if fitted else None
+    t = seg.pose.translation[e] if fitted else None
     return {"segment": seg.name, "rotation": None if R is None else R.tolist(),
             "translation": None if t is None else t.tolist(), "me_mm": seg.me_mm[e],
             "cn": seg.cn[e] if np.isfinite(seg.cn[e]) else None,

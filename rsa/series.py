@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +44,18 @@ class SegmentSeries:
     xyz_mm: np.ndarray                    # (E, M, 3) labelled beads, NaN missing
     excluded: np.ndarray                  # (E, M) bool: unstable beads left out of the fit
     exclusion_reasons: tuple[tuple[str, ...], ...]
-    pose: Pose | None                     # batched (E,), reference exam → exam
+    pose: Pose | None                     # batched (E,), reference exam → exam; identity
+                                          # placeholder where `valid` is False
     me_mm: np.ndarray                     # (E,)
     cn: np.ndarray                        # (E,) CN of the beads used in each fit
     n_used: np.ndarray                    # (E,)
     ambiguous: np.ndarray                 # (E,) bool labelling ambiguous
     fit_error: tuple[str, ...] = ()       # per exam: '' or why no pose could be fitted
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(E,) bool: a pose was fitted in this exam."""
+        return np.array([not e for e in self.fit_error], dtype=bool)
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,8 +211,8 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
             continue
         pts = m.points_mm if m.points_mm is not None else S.reference_xyz_mm
         point = np.nanmean(S.reference_xyz_mm, axis=0) if isinstance(m.point, str) else m.point
-        motion_out[m.name] = relative_motion(B.pose, S.pose, point=point, order=m.order,
-                                             points=pts)
+        motion = relative_motion(B.pose, S.pose, point=point, order=m.order, points=pts)
+        motion_out[m.name] = _mask_motion(motion, S.valid & B.valid)
     index = {e.id: i for i, e in enumerate(exams)}
     pairs = tuple((index[e.double_of], i) for i, e in enumerate(exams) if e.kind == "double")
     return SubjectSeries(subject.id, exams, segments, motion_out, pairs, flags, notes)
@@ -264,8 +270,8 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
                 errors = [str(exc) if f else m for f, m in zip(fittable, errors, strict=True)]
                 fit = None
             if fit is not None:
-                R = np.tile(np.eye(3), (E, 1, 1)) * np.nan
-                t = np.full((E, 3), np.nan)
+                R = np.tile(np.eye(3), (E, 1, 1))  # identity placeholders where not fitted
+                t = np.zeros((E, 3))
                 R[fittable], t[fittable] = fit.rotation, fit.translation
                 me[fittable] = fit.mean_error_mm
                 n_used[fittable] = fit.n_used
@@ -287,6 +293,27 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
             flags[exams[e].id].append(f"{seg.name}: unstable bead excluded: {r}")
     return SegmentSeries(seg.name, seg.bead_ids, model, observed, xyz, excluded, tuple(reasons),
                          pose, me, cn, n_used, ambiguous, tuple(errors))
+
+
+def _mask_motion(motion: Motion, valid: np.ndarray) -> Motion:
+    """Set every reported quantity of exams without a valid pose to NaN (index −1)."""
+    if valid.all():
+        return motion
+
+    def nan(a):
+        a = np.array(a, dtype=float)
+        a[~valid] = np.nan
+        return a
+
+    h = motion.helical
+    helical = replace(h, angle_deg=nan(h.angle_deg), axis=nan(h.axis),
+                      point_mm=nan(h.point_mm), slide_mm=nan(h.slide_mm))
+    idx = None if motion.mtpm_index is None else np.where(valid, motion.mtpm_index, -1)
+    return replace(motion, translation_mm=nan(motion.translation_mm),
+                   total_translation_mm=nan(motion.total_translation_mm),
+                   rotation_deg=nan(motion.rotation_deg), helical=helical,
+                   mtpm_mm=None if motion.mtpm_mm is None else nan(motion.mtpm_mm),
+                   mtpm_index=idx)
 
 
 def components(motion: Motion) -> np.ndarray:
@@ -313,6 +340,10 @@ def double_exam_differences(series: SubjectSeries, spec: MotionSpec
     if motion is None or not series.double_pairs:
         return np.empty((0, 6)), np.empty((0, 2))
     p, d = (np.array(i) for i in zip(*series.double_pairs, strict=True))
+    ok = np.isfinite(motion.translation_mm[p, 0]) & np.isfinite(motion.translation_mm[d, 0])
+    p, d = p[ok], d[ok]
+    if p.size == 0:
+        return np.empty((0, 6)), np.empty((0, 2))
     rel = motion.pose
     Mp = Pose(rel.rotation[p], rel.translation[p])
     Md = Pose(rel.rotation[d], rel.translation[d])

@@ -132,3 +132,25 @@ def test_manual_label_override(scene, tmp_path):
     s = analyse_subject(sub, points, [MotionSpec("implant", "bone")], DEFAULT_THRESHOLDS)
     np.testing.assert_array_equal(s.segments["implant"].observed_index[2][:3], idx[:3])
     assert np.all(s.segments["implant"].observed_index[2][3:] == -1)
+
+
+def test_exam_without_fit_gives_nan_motion(scene):
+    subject, points, _, _ = scene
+    # Keep only 2 implant beads in F1: no pose there, NaN motion, a flag; other exams intact.
+    f1 = points[2]
+    s0 = analyse_subject(subject, points, [MotionSpec("implant", "bone")], DEFAULT_THRESHOLDS)
+    idx = s0.segments["implant"].observed_index[2]
+    keep = np.ones(len(f1), bool)
+    keep[idx[2:]] = False
+    pts = list(points)
+    pts[2] = f1[keep]
+    s = analyse_subject(subject, pts, [MotionSpec("implant", "bone")], DEFAULT_THRESHOLDS)
+    mo = s.motions["implant/bone"]
+    assert np.isnan(mo.translation_mm[2]).all()
+    assert np.isnan(mo.mtpm_mm[2])
+    assert np.isfinite(mo.translation_mm[[0, 1, 3, 4]]).all()
+    assert not s.segments["implant"].valid[2]
+    assert any("implant: no fit" in f for f in s.flags["F1"])
+    # the F1/F1D double pair is dropped from precision, REF/D remains
+    prec = study_precision([s], MotionSpec("implant", "bone"))
+    assert prec.n == 1
