@@ -127,7 +127,7 @@ class DetectOptions:
     subsample : int
         Sub-samples per pixel of the sharp sphere profile in the model fit.
     iterations : int
-        Levenberg–Marquardt iterations of the first pass (the weighted pass uses half).
+        Levenberg–Marquardt iterations per pass (each stops earlier once converged).
     weighted : bool
         Refit with a pooled Poisson + electronic variance model (closer to the Cramér–Rao bound
         and better calibrated ``sigma_px``).
@@ -152,7 +152,7 @@ class DetectOptions:
     touch_gap: float = 0.5
     n_scales: int = 2
     subsample: int = 2
-    iterations: int = 12
+    iterations: int = 8
     weighted: bool = True
     deblend: int = 10
     max_beads: int = 5000
@@ -306,11 +306,14 @@ def _noise_curve(work: np.ndarray, level: np.ndarray, bins: int = 24
 
 def _ring_noise(lap: np.ndarray, vv: np.ndarray, uu: np.ndarray, radius: float
                 ) -> np.ndarray:
-    """Median |Laplacian| on two circles (radius, 1.5·radius) around each point (local noise)."""
+    """Median |Laplacian| on two circles (radius, 1.5·radius) around each point (local noise).
+
+    32 samples: a bead or edge covering a few of them does not move the median.
+    """
     H, W = lap.shape
-    ang = np.linspace(0.0, 2.0 * np.pi, 24, endpoint=False)
-    rad = np.concatenate([np.full(24, radius), np.full(24, 1.5 * radius)])
-    ang = np.concatenate([ang, ang + np.pi / 24])
+    ang = np.linspace(0.0, 2.0 * np.pi, 16, endpoint=False)
+    rad = np.concatenate([np.full(16, radius), np.full(16, 1.5 * radius)])
+    ang = np.concatenate([ang, ang + np.pi / 16])
     rv = np.clip(np.rint(vv[:, None] + rad * np.sin(ang)), 0, H - 1).astype(np.intp)
     ru = np.clip(np.rint(uu[:, None] + rad * np.cos(ang)), 0, W - 1).astype(np.intp)
     return np.median(np.abs(lap[rv, ru]), axis=1) if len(vv) else np.zeros(0)
@@ -341,6 +344,8 @@ def _candidates(blurred: list[np.ndarray], resp: list[np.ndarray], radii: np.nda
     # the noise is not stationary (quantum noise; implants): normalise each peak by the noise
     # in an annulus around it, the median |4-neighbour Laplacian| there relative to the image's
     local = _ring_noise(lap, vv, uu, ring) / lap_med
+    keep0 = (best[vv, uu] - med) >= opts.threshold * noise * local
+    vv, uu, local = vv[keep0], uu[keep0], local[keep0]
     strength = (best[vv, uu] - med) / (noise * np.maximum(local, 1e-6))
     k = which[vv, uu].astype(np.intp)
     # Hessian of the smoothed image at the scale that answered, by central differences
@@ -538,12 +543,12 @@ def detect_beads(image: ArrayLike, *, pixel_spacing_mm: ArrayLike,
     if polarity == "dark":
         slope = -slope
     log_display = {"auto": slope > 0, "log": True, "linear": False}[opts.display]
-    cand_uv = cand.uv[: 4 * opts.max_beads] * f + (f - 1) // 2
+    cand_uv = cand.uv[: 4 * opts.max_beads] * f + (f - 1) // 2   # ± f/2 px
     if polarity == "dark":
         work = np.float32(1.0) - work
     return _refine(work, cand_uv, cand.radius[: len(cand_uv)] * f,
                    cand.roundness[: len(cand_uv)], r_lo, r_hi, diam, polarity, log_display,
-                   opts, scale)
+                   opts, scale, float(f))
 
 
 def _empty(polarity: str) -> Beads2D:
@@ -593,7 +598,7 @@ def _rel_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup
 
 def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndarray,
             r_lo: float, r_hi: float, diam: np.ndarray, polarity: str, log_display: bool,
-            opts: DetectOptions, scale: float) -> Beads2D:
+            opts: DetectOptions, scale: float, cstep: float = 1.0) -> Beads2D:
     """Model fits, tests and flags for the candidates ``cuv`` (M, 2) of a normalised image."""
     if len(cuv) == 0:
         return _empty(polarity)
@@ -629,7 +634,8 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     for r0 in (r_lo, r_hi):
         q = p0[top].copy()
         q[:, IR] = r0
-        fits.append(irls(q, data0[top], inside[top], pu[top], pv[top], 1, opts.iterations))
+        fits.append(irls(q, data0[top], inside[top], pu[top], pv[top], 1,
+                         2 * opts.iterations))
     k = np.argmin(np.stack([f.chi2_red for f in fits]), axis=0)
     params = np.stack([f.params for f in fits])[k, np.arange(len(top))]
     p0[:, ILS] = np.median(params[:, ILS])
@@ -655,7 +661,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
             + (pv[i][:, :, None] - cuv[j, 1, None, None]) ** 2
         np.multiply.at(own, i, (di <= dj).astype(float))
     res = irls(p0, data0, own, pu, pv, 1, opts.iterations,
-               box=(cuv.astype(float), max(1.5, 0.25 * r_lo)))
+               box=(cuv.astype(float), max(1.0 + cstep, 0.25 * r_lo)))
     p, model, resid, chi2r = res.params, res.model.copy(), res.resid.copy(), res.chi2_red.copy()
     # second start for fits far from the typical shape (local minima of the radius–blur–
     # amplitude trade-off): restart from the typical radius and blur, keep the better fit
@@ -672,7 +678,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
             q[:, ILS] = np.median(ls)
             q[:, IE1] = q[:, IE2] = 0.0
             r2 = irls(q, data0[odd], own[odd], pu[odd], pv[odd], 1, opts.iterations,
-                      box=(cuv[odd].astype(float), max(1.5, 0.25 * r_lo)))
+                      box=(cuv[odd].astype(float), max(1.0 + cstep, 0.25 * r_lo)))
             better = odd[r2.chi2_red < chi2r[odd]]
             sel = r2.chi2_red < chi2r[odd]
             p[better], model[better], resid[better], chi2r[better] = (
@@ -687,7 +693,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
         inv = np.unique(pairs[:, 0])
         for _ in range(opts.deblend):
             data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
-            r = irls(p[inv], data[inv], inside[inv], pu[inv], pv[inv], 1, opts.iterations,
+            r = irls(p[inv], data[inv], inside[inv], pu[inv], pv[inv], 1, 4,
                      init_linear=False, box=(cuv[inv].astype(float), max(2.0, 0.5 * r_lo)))
             p = p.copy()
             p[inv] = r.params
@@ -698,7 +704,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     drift = np.hypot(p[:, IU] - cuv[:, 0], p[:, IV] - cuv[:, 1])
     ecc = np.hypot(p[:, IE1], p[:, IE2])
     good = ((snr >= opts.min_snr) & (rad >= 0.6 * r_lo) & (rad <= 1.25 * r_hi)
-            & (ecc <= opts.max_ellipticity) & (drift <= np.maximum(1.5, 0.6 * rad)))
+            & (ecc <= opts.max_ellipticity) & (drift <= np.maximum(1.0 + cstep, 0.6 * rad)))
     # duplicates: two candidates converged on one bead -> keep the higher SNR
     idx = np.flatnonzero(good)
     pr = _close_pairs(p[idx][:, [IU, IV]], 0.5 * r_lo)
