@@ -127,7 +127,8 @@ class DetectOptions:
     subsample : int
         Sub-samples per pixel of the sharp sphere profile in the model fit.
     iterations : int
-        Levenberg–Marquardt iterations per pass (each stops earlier once converged).
+        Levenberg–Marquardt iterations of the first pass (later, warm-started passes use half;
+        each stops earlier once converged).
     weighted : bool
         Refit with a pooled Poisson + electronic variance model (closer to the Cramér–Rao bound
         and better calibrated ``sigma_px``).
@@ -152,7 +153,7 @@ class DetectOptions:
     touch_gap: float = 0.5
     n_scales: int = 2
     subsample: int = 2
-    iterations: int = 8
+    iterations: int = 12
     weighted: bool = True
     deblend: int = 10
     max_beads: int = 5000
@@ -634,8 +635,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     for r0 in (r_lo, r_hi):
         q = p0[top].copy()
         q[:, IR] = r0
-        fits.append(irls(q, data0[top], inside[top], pu[top], pv[top], 1,
-                         2 * opts.iterations))
+        fits.append(irls(q, data0[top], inside[top], pu[top], pv[top], 1, opts.iterations))
     k = np.argmin(np.stack([f.chi2_red for f in fits]), axis=0)
     params = np.stack([f.params for f in fits])[k, np.arange(len(top))]
     p0[:, ILS] = np.median(params[:, ILS])
@@ -677,7 +677,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
             q[:, IR] = np.exp(np.median(lr))
             q[:, ILS] = np.median(ls)
             q[:, IE1] = q[:, IE2] = 0.0
-            r2 = irls(q, data0[odd], own[odd], pu[odd], pv[odd], 1, opts.iterations,
+            r2 = irls(q, data0[odd], own[odd], pu[odd], pv[odd], 1, opts.iterations // 2,
                       box=(cuv[odd].astype(float), max(1.0 + cstep, 0.25 * r_lo)))
             better = odd[r2.chi2_red < chi2r[odd]]
             sel = r2.chi2_red < chi2r[odd]
@@ -728,8 +728,8 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     knots, rel = transmission_variance(t, resid, inside, np.ones(len(p), bool))
     w = np.where(t < _T_CORE, 0.0, inside / (np.interp(t, knots, rel) * _taper(p, pu, pv)))
     rho, s_det = noise_correlation(work)
-    r = fit(p, data, w, pu, pv, setup, iterations=opts.iterations, rho=rho, init_linear=False,
-            fixed=fx)
+    r = fit(p, data, w, pu, pv, setup, iterations=max(4, opts.iterations // 2), rho=rho,
+            init_linear=False, fixed=fx)
     p, cov, chi2 = r.params, r.cov_uv, r.chi2_red
     uv = p[:, [IU, IV]].copy()
     if np.tanh(p[0, ILC]) > 0.5:
