@@ -1,0 +1,85 @@
+"""End-to-end: phantom radiographs → detection → calibration → labelling → migration vs truth.
+
+A reduced-resolution phantom (1500 px at 0.286 mm instead of 3000 px at 0.143 mm) keeps the
+test fast; the full-size bundled studies are measured by benchmarks/bench_pipeline.py.
+"""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from rsa.errors import RsaWarning
+from rsa.io.store import ResultStore
+from rsa.pipeline import analyse_study
+from rsa.summary import truth_rows
+from rsa.synthetic import write_study
+
+SMALL = {"detector_px": 1500, "pixel_spacing_mm": 0.286}
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    study = write_study(base / "study", setup="uniplanar", variant="implant", seed=5, **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RsaWarning)
+        result = analyse_study(study / "study.toml", base / "out", executor="process")
+    return study, base / "out", result
+
+
+def test_migration_matches_truth(analysed):
+    study, _, result = analysed
+    rows = [r for r in truth_rows(result, study / "truth.json") if r["exam"] != "REF"]
+    err = np.array([[r[f"{k}_error"] for k in ("tx", "ty", "tz", "rx", "ry", "rz", "mtpm")]
+                    for r in rows])
+    rms = np.sqrt(np.mean(err ** 2, axis=0))
+    # Issue-7 targets (set for 0.143 mm pixels; this phantom has twice coarser pixels, so they
+    # are stricter here than there): 0.02 mm per axis, 0.05°, MTPM 0.03 mm.
+    assert np.all(rms[:3] <= 0.02), rms
+    assert np.all(rms[3:6] <= 0.05), rms
+    assert np.all(np.abs(err[:, 6]) <= 0.03), err[:, 6]
+
+
+def test_beads_labelled_correctly(analysed):
+    study, _, result = analysed
+    with open(study / "truth.json", encoding="utf-8") as fh:
+        truth = {e["id"]: e for e in json.load(fh)["exams"]}
+    s = result.series[0]
+    for e_i, exam in enumerate(s.exams):
+        m = result.measurements[f"S01/{exam.id}"]
+        for name, seg in s.segments.items():
+            true_xyz = np.asarray(truth[exam.id]["segments"][name]["xyz_mm"])
+            idx = seg.observed_index[e_i]
+            ok = idx >= 0
+            # every labelled bead is the right bead (3D error far below the 4 mm spacing)
+            err = np.linalg.norm(m.points_mm[idx[ok]] - true_xyz[ok], axis=1)
+            assert np.all(err < 0.3), (exam.id, name, err)
+            assert ok.sum() >= 4, (exam.id, name)
+
+
+def test_store_exports_and_precision(analysed):
+    _, out, result = analysed
+    assert (out / "results.json").is_file()
+    with ResultStore(out / "results.sqlite") as store:
+        motions = store.rows("motions")
+        assert len(motions) == len(result.series[0].exams)
+        runs = store.rows("runs")
+        assert runs[0]["cpt_code"] == "0350T"
+        prec = [r for r in store.rows("precision") if r["component"] == "ty"]
+    assert prec[0]["n"] == 3  # three double exams in the phantom
+    p = result.precision["implant/tibia"]
+    np.testing.assert_allclose(prec[0]["sd"], p.signed.sd[1])
+
+
+def test_resume_reuses_stored_exams(analysed):
+    study, out, result = analysed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RsaWarning)
+        again = analyse_study(study / "study.toml", out, executor="serial")
+    assert all("resumed" in m.seconds for m in again.measurements.values())
+    a = result.series[0].motions["implant/tibia"].translation_mm
+    b = again.series[0].motions["implant/tibia"].translation_mm
+    # stored at full float precision (SQLite REAL) → identical motions
+    np.testing.assert_allclose(a, b, atol=1e-12)
