@@ -109,7 +109,9 @@ class DetectOptions:
         Minimum ratio of the Hessian eigenvalues (small/large) at a candidate; 1 for a round
         blob, ≈ 0 for edges and wires.
     max_ellipticity : float
-        Largest accepted ellipticity of the fitted shadow (oblique projection gives ≤ 0.15).
+        Largest ellipticity of a normal bead shadow (oblique projection gives ≤ 0.15); more
+        elongated fits are rejected, or kept and flagged ``occluded`` when the candidate
+        itself looked round (a bead against an implant edge).
     max_chi2 : float
         Reduced χ² (weighted pass) above which a bead is flagged ``occluded`` (model misfit).
     edge_ratio : float
@@ -338,7 +340,8 @@ def _candidates(blurred: list[np.ndarray], resp: list[np.ndarray], radii: np.nda
     ker = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rad + 1, 2 * rad + 1))
     dil = cv2.dilate(best, ker)
     _, rel = noise_curve
-    thr = med + opts.threshold * noise * float(rel.min())
+    # pre-threshold (the local noise below can lower it at most twofold, e.g. in air)
+    thr = med + opts.threshold * noise * max(float(rel.min()), 0.5)
     peak = (best >= dil) & (best > thr)
     vv, uu = np.nonzero(peak)
     H, W = best.shape
@@ -695,16 +698,21 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
             data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
             r = irls(p[inv], data[inv], inside[inv], pu[inv], pv[inv], 1, 4,
                      init_linear=False, box=(cuv[inv].astype(float), max(2.0, 0.5 * r_lo)))
+            moved = np.abs(r.params[:, :2] - p[inv, :2]).max()
             p = p.copy()
             p[inv] = r.params
             model[inv], resid[inv], chi2r[inv] = r.model, r.resid, r.chi2_red
+            if moved < 1e-3:
+                break
         data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
     snr = _contrast(model, p, pu, pv) / np.sqrt(np.maximum(chi2r, 1e-300))
     rad = _radius(p)
     drift = np.hypot(p[:, IU] - cuv[:, 0], p[:, IV] - cuv[:, 1])
     ecc = np.hypot(p[:, IE1], p[:, IE2])
+    # a strongly elliptical fit is kept (and flagged occluded) only if the candidate was round
+    distorted = ecc > opts.max_ellipticity
     good = ((snr >= opts.min_snr) & (rad >= 0.6 * r_lo) & (rad <= 1.25 * r_hi)
-            & (ecc <= opts.max_ellipticity) & (drift <= np.maximum(1.0 + cstep, 0.6 * rad)))
+            & (~distorted | (cround >= 0.5)) & (drift <= np.maximum(1.0 + cstep, 0.6 * rad)))
     # duplicates: two candidates converged on one bead -> keep the higher SNR
     idx = np.flatnonzero(good)
     pr = _close_pairs(p[idx][:, [IU, IV]], 0.5 * r_lo)
@@ -717,7 +725,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
     if keep.size == 0:
         return _empty(polarity)
     p, data0, inside, pu, pv = p[keep], data0[keep], inside[keep], pu[keep], pv[keep]
-    cround, resid = cround[keep], resid[keep]
+    cround, resid, distorted = cround[keep], resid[keep], distorted[keep]
     # neighbours among the accepted beads only (rejected candidates no longer subtract)
     pairs = _close_pairs(p[:, [IU, IV]], 2.0 * setup.half + 1.0)
     data = data0 - _neighbour_models(p, pu, pv, setup, pairs) if len(pairs) else data0
@@ -782,7 +790,7 @@ def _refine(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndar
                                                            1e-300)
     near_edge = ((bg_span > opts.edge_ratio * np.abs(c_img)) | (anis > opts.edge_anisotropy)
                  | (chi2_ring > opts.max_chi2 * np.median(chi2_ring)))
-    occluded = chi2 > opts.max_chi2
+    occluded = (chi2 > opts.max_chi2) | distorted
     clipped = ((uv[:, 0] - rad < -0.5) | (uv[:, 1] - rad < -0.5)
                | (uv[:, 0] + rad > Wd - 0.5) | (uv[:, 1] + rad > H - 0.5))
     touching = np.zeros(len(p), bool)

@@ -62,14 +62,14 @@ def _scene(seed: int, *, n: int = 100, shape=(1000, 1000), photons: float = 2000
     opts = RenderOptions(photons_per_pixel=photons, supersample=8, background=background,
                          noise=noise)
     rv = render_view(view, X, radii, capsules=caps, options=opts, rng=seed)
-    # implant attenuation on each bead's disc (+2 px): a bead is "unoccluded" when the implant
-    # absorbs < 5 % anywhere on it
+    # implant attenuation on each bead's disc + 4 px: a bead is "unoccluded" when the implant
+    # absorbs < 5 % anywhere on it or in its penumbra (focal + detector blur, 2σ ≈ 3–4 px)
     free = np.ones(n, bool)
     if caps:
         ev = render_expected(view, np.zeros((0, 3)), np.zeros(0), capsules=caps,
                              options=RenderOptions(background=False, supersample=2))
         att = -np.log(ev.quanta / opts.photons_per_pixel)
-        r_px = radii * view.magnification(X) / SPACING + 2.0
+        r_px = radii * view.magnification(X) / SPACING + 4.0
         yy, xx = np.mgrid[0:rows, 0:cols]
         for i in range(n):   # test-side truth bookkeeping, not the code under test
             u, v = rv.uv_px[i]
@@ -139,8 +139,8 @@ def test_implant_edge_and_clipped_flags(scene0):
     clipped_found = found & rv.clipped
     if clipped_found.any():
         assert beads.clipped[j[clipped_found]].all()
-    # beads next to the implant's edge get flagged: truth = implant attenuation > 0.05
-    # within 8 px of the bead's disc but not on it
+    # beads in or next to the implant's shadow that are found get flagged (truth: implant
+    # attenuation > 0.05 on the disc or within 4 px of it, centre not hidden)
     near = found & ~visible & ~rv.hidden & ~rv.clipped
     if near.any():
         assert beads.flags[j[near]].mean() >= 0.5
