@@ -163,6 +163,7 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
     E = len(exams)
     observed = {s.name: np.full((E, len(s.bead_ids)), -1, dtype=np.intp) for s in subject.segments}
     ambiguous = {s.name: np.zeros(E, dtype=bool) for s in subject.segments}
+
     for e in range(E):
         claims, dists = {}, {}
         for seg in subject.segments:
@@ -243,9 +244,20 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
     cn = np.full(E, np.inf)
     n_used = np.zeros(E, dtype=int)
     pose = None
+    # Beads labelled beyond the distance tolerance (within the wider label gate) moved relative
+    # to their segment: excluded before screening, with the distance as the reason.
+    displaced, dist = _displaced(model, xyz, thresholds["label_tol_mm"])
+    for e, j in zip(*np.nonzero(displaced), strict=True):
+        reasons[e] = (*reasons[e], f"{seg.bead_ids[j]}: {dist[e, j]:.2f} mm from the position "
+                      f"given by the segment's other beads (> tolerance "
+                      f"{thresholds['label_tol_mm']:.2f} mm)")
+    still = (np.isfinite(xyz[..., 0]) & ~displaced).sum(axis=1) >= 3
+    for e in np.flatnonzero(fittable & ~still):
+        errors[e] = "fewer than 3 beads left after excluding displaced beads"
+    fittable &= still
     if fittable.any():
         x = np.broadcast_to(model, (int(fittable.sum()), M, 3))
-        y = xyz[fittable]
+        y = np.where(displaced[fittable][..., None], np.nan, xyz[fittable])
         try:
             screen = screen_unstable(x, y, limit_mm=thresholds["unstable_limit_mm"],
                                      min_beads=max(min_beads, 3))
@@ -262,6 +274,7 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
                 errors[e] = str(exc)
             fittable[:] = False
         if fittable.any():
+            excl = excl | displaced[fittable]
             excluded[fittable] = excl
             w = (~excl).astype(float)
             try:
@@ -314,6 +327,43 @@ def _mask_motion(motion: Motion, valid: np.ndarray) -> Motion:
                    rotation_deg=nan(motion.rotation_deg), helical=helical,
                    mtpm_mm=None if motion.mtpm_mm is None else nan(motion.mtpm_mm),
                    mtpm_index=idx)
+
+
+def _displaced(model: np.ndarray, xyz: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Beads farther than `tol` from where the segment's other beads place them.
+
+    Leave-one-out, batched over exams and beads: each bead's position is predicted by the rigid
+    fit of the remaining beads; the worst bead beyond `tol` is excluded and the test repeats
+    (at most M − 4 rounds; needs ≥ 4 beads so that 3 remain for the prediction). Returns the
+    (E, M) exclusion mask and the leave-one-out distances (mm) at exclusion time.
+    """
+    E, M = xyz.shape[:2]
+    keep = np.isfinite(xyz[..., 0]) & np.isfinite(model[None, :, 0])
+    out = np.zeros((E, M), dtype=bool)
+    dist_at = np.zeros((E, M))
+    others = ~np.eye(M, dtype=bool)
+    for _ in range(max(M - 4, 0)):
+        active = keep.sum(axis=1) >= 4
+        if not active.any():
+            break
+        w = (keep[active][:, None, :] & others[None]).astype(float)  # (E', M, M)
+        y = np.where(keep[active][..., None], xyz[active], 0.0)
+        try:
+            fit = fit_rigid(np.where(np.isfinite(model), model, 0.0)[None, None],
+                            np.broadcast_to(y[:, None], (len(y), M, M, 3)), weights=w)
+        except EstimationError:  # a degenerate leave-one-out subset: no screening here
+            break
+        pred = np.einsum("emij,mj->emi", fit.rotation, np.nan_to_num(model)) + fit.translation
+        d = np.where(keep[active], np.linalg.norm(pred - xyz[active], axis=-1), 0.0)
+        worst = d.argmax(axis=1)
+        hit = d[np.arange(len(worst)), worst] > tol
+        if not hit.any():
+            break
+        rows = np.flatnonzero(active)[hit]
+        out[rows, worst[hit]] = True
+        dist_at[rows, worst[hit]] = d[hit, worst[hit]]
+        keep[rows, worst[hit]] = False
+    return out, dist_at
 
 
 def components(motion: Motion) -> np.ndarray:
