@@ -13,23 +13,27 @@ quanta over each pixel (box) after focal-spot and detector blur (Gaussian, σ):
 ``B = box ⊗ G_σ ⊗ S``. A linear (quanta) image shows ``a·B``; a log-converted display (DR systems,
 :mod:`rsa.synthetic.render`) shows ``−a·ln(1 − B)``. Both are members of
 
-    model = A · h_c(B) + b0 + b_u (u_px − u_c) + b_v (v_px − v_c),   h_c(B) = −ln(1 − c·B)/c,
+    model = A · h_c(B) + quadratic background,   h_c(B) = −ln(1 − c·B)/c,
 
-with ``c → 0`` the linear and ``c → 1`` the log display, fitted per bead. The sharp profile is
-sampled on a sub-pixel grid *centred on the current bead estimate*, and the box ⊗ Gaussian kernel
-is applied analytically (differences of normal CDFs) as two separable matrices,
-``B = K_v(v, σ) · S · K_u(u, σ)ᵀ``. Because the sub-grid moves with the bead, the model is an
-exactly point-symmetric, smooth function of ``(pixel − centre)``: the discretisation of the
-sharp rim changes the profile only symmetrically and cannot bias the centre or lock it to the
-pixel grid.
+with ``c → 0`` the linear and ``c → 1`` the log display (decided per image and held fixed; the
+optical depth k is held at a documented value too — both trade off against amplitude and
+radius). The rim of the sharp profile is averaged over a fixed fraction of R so that the sampled
+profile moves smoothly with R. It is sampled on a sub-pixel grid *centred on the current bead
+estimate*, and the box ⊗ Gaussian kernel is applied analytically (differences of normal CDFs)
+as two separable matrices, ``B = K_v(v, σ) · S · K_u(u, σ)ᵀ``. Because the sub-grid moves with
+the bead, the model is an exactly point-symmetric, smooth function of ``(pixel − centre)``: the
+discretisation of the sharp rim changes the profile only symmetrically and cannot bias the
+centre or lock it to the pixel grid.
 
-Fitting is a Levenberg–Marquardt iteration [2]_ vectorised over beads. Derivatives in the centre
-and blur are analytic (kernel derivatives); radius and ellipticity act as linear maps of the
-profile coordinates and are differentiated by parts through the kernels (no rim singularity).
-A second pass is weighted by a pooled variance model ``var(model value)`` estimated from binned
-squared residuals (Poisson + electronic noise in any display), and the centre covariance is the
-sandwich ``H⁻¹ (Jᵀ W^{½} C W^{½} J) H⁻¹`` with the noise correlation ``C`` (detector blur spreads
-each quantum over neighbouring pixels) estimated from the pooled residual autocorrelation [3]_.
+Fitting is a Levenberg–Marquardt iteration [2]_ vectorised over beads (batched normal
+equations, per-bead damping and acceptance). Derivatives in the centre and blur are analytic
+(kernel derivatives); radius and ellipticity act as linear maps of the profile coordinates and
+are differentiated by parts through the kernels (no rim singularity). Weights are supplied by
+the caller (:mod:`rsa.detect_stages`); :func:`transmission_variance` estimates the pixel
+variance as a function of the modelled transmission from pooled residuals, and
+:func:`noise_correlation` the correlation of the pixel noise (detector blur spreads each
+quantum over neighbouring pixels) from the image itself. The centre covariance is then the
+sandwich ``H⁻¹ (Jᵀ W^{½} C W^{½} J) H⁻¹`` [3]_, scaled by the bead's reduced χ².
 
 References
 ----------
@@ -53,8 +57,6 @@ IU, IV, IR, IE1, IE2, ILS, ILK, ILC, IA, IB0, IBU, IBV, IBUU, IBUV, IBVV = range
 NPAR = 15
 LINEAR = (IA, IB0, IBU, IBV, IBUU, IBUV, IBVV)
 _SQRT2PI = np.sqrt(2.0 * np.pi)
-_DEBUG = False
-_FD_SHAPE = False
 LAG = 2   # noise-correlation lags (px) used in the sandwich covariance
 
 
@@ -198,33 +200,25 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     J[:, IU] = Ad * (KvS @ dKuT)
     J[:, IV] = Ad * (dKvS @ KuT)
     J[:, ILS] = Ad * ((Kv[2] @ S) @ KuT + KvS @ np.swapaxes(Ku[2], 1, 2))
-    if _FD_SHAPE:
-        for i in (IR, IE1, IE2):
-            step = 1e-4 * (p[:, IR] if i == IR else np.ones(len(p)))
-            qp = p.copy()
-            qp[:, i] += step
-            dS = sharp_profile(qp, g, setup.rim)[0] - S
-            J[:, i] = Ad * (((Kv[0] @ dS) @ KuT) / step[:, None, None])
-    else:
-        # Radius and ellipticity act as linear maps of the profile coordinates,
-        # S(x; θ+δ) = S((I + δB)x; θ) with B = ½ Q⁻¹ ∂Q/∂θ (the rim smoothing is a fixed
-        # fraction of R, so S(x; R) = F(x/R) exactly). By parts, with kernel derivatives:
-        # ∂B/∂θ = −Kv (S∘(Bx)_u) dKuᵀ − dKv (S∘(Bx)_v) Kuᵀ − tr(B)·B.
-        gg = g[None, :, None]
-        P1 = KvS @ (gg * dKuT)                                  # Kv (S∘X) dKuᵀ
-        P2 = ((Kv[0] * g[None, None, :]) @ S) @ dKuT            # Kv (S∘Y) dKuᵀ
-        P3 = dKvS @ (gg * KuT)                                  # dKv (S∘X) Kuᵀ
-        P4 = ((Kv[1] * g[None, None, :]) @ S) @ KuT             # dKv (S∘Y) Kuᵀ
-        R = p[:, IR]
-        e1, e2 = p[:, IE1], p[:, IE2]
-        D2 = 2.0 * (1.0 - e1 * e1 - e2 * e2)
-        zero = np.zeros_like(R)
-        maps = {IR: (-1.0 / R, zero, zero, -1.0 / R),
-                IE1: ((1.0 - e1) / D2, e2 / D2, -e2 / D2, -(1.0 + e1) / D2),
-                IE2: (-e2 / D2, (1.0 - e1) / D2, (1.0 + e1) / D2, -e2 / D2)}
-        for i, m4 in maps.items():
-            b00, b01, b10, b11 = (x[:, None, None] for x in m4)
-            J[:, i] = -Ad * (b00 * P1 + b01 * P2 + b10 * P3 + b11 * P4 + (b00 + b11) * B)
+    # Radius and ellipticity act as linear maps of the profile coordinates,
+    # S(x; θ+δ) = S((I + δB)x; θ) with B = ½ Q⁻¹ ∂Q/∂θ (the rim smoothing is a fixed
+    # fraction of R, so S(x; R) = F(x/R) exactly). By parts, with kernel derivatives:
+    # ∂B/∂θ = −Kv (S∘(Bx)_u) dKuᵀ − dKv (S∘(Bx)_v) Kuᵀ − tr(B)·B.
+    gg = g[None, :, None]
+    P1 = KvS @ (gg * dKuT)                                  # Kv (S∘X) dKuᵀ
+    P2 = ((Kv[0] * g[None, None, :]) @ S) @ dKuT            # Kv (S∘Y) dKuᵀ
+    P3 = dKvS @ (gg * KuT)                                  # dKv (S∘X) Kuᵀ
+    P4 = ((Kv[1] * g[None, None, :]) @ S) @ KuT             # dKv (S∘Y) Kuᵀ
+    R = p[:, IR]
+    e1, e2 = p[:, IE1], p[:, IE2]
+    D2 = 2.0 * (1.0 - e1 * e1 - e2 * e2)
+    zero = np.zeros_like(R)
+    maps = {IR: (-1.0 / R, zero, zero, -1.0 / R),
+            IE1: ((1.0 - e1) / D2, e2 / D2, -e2 / D2, -(1.0 + e1) / D2),
+            IE2: (-e2 / D2, (1.0 - e1) / D2, (1.0 + e1) / D2, -e2 / D2)}
+    for i, m4 in maps.items():
+        b00, b01, b10, b11 = (x[:, None, None] for x in m4)
+        J[:, i] = -Ad * (b00 * P1 + b01 * P2 + b10 * P3 + b11 * P4 + (b00 + b11) * B)
     J[:, ILK] = Ad * ((Kv[0] @ Sd[1]) @ KuT)
     J[:, ILC] = A * dht
     J[:, IA] = h
@@ -316,8 +310,6 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
     eye = np.eye(NPAR)
     for _ in range(iterations):
         idx = np.flatnonzero(active)
-        if _DEBUG:
-            print("active", idx.size)
         if idx.size == 0:
             break
         Jf = J[idx].reshape(idx.size, NPAR, -1)
@@ -338,8 +330,6 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         ok = ct <= cost[idx]
         acc = idx[ok]
         small = np.max(np.abs(step[:, :2]), axis=1) < 1e-4
-        if _DEBUG:
-            print(f"step {np.median(np.abs(step[:, :2])):.2e} ok {ok.mean():.2f}")
         rel = (cost[idx] - np.where(ok, ct, cost[idx])) / np.maximum(cost[idx], 1e-300)
         p[acc], model[acc], J[acc], r[acc], cost[acc] = pt[ok], mt[ok], Jt[ok], rt[ok], ct[ok]
         # converged: an accepted, small Gauss–Newton-like step (not one shrunk by damping)
