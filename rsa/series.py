@@ -40,6 +40,7 @@ class SegmentSeries:
     name: str
     bead_ids: tuple[str, ...]
     reference_xyz_mm: np.ndarray          # (M, 3), NaN = bead not found in the reference exam
+    definition_xyz_mm: np.ndarray         # (M, 3) approximate coordinates from the manifest
     observed_index: np.ndarray            # (E, M) index into each exam's 3D points, -1 missing
     xyz_mm: np.ndarray                    # (E, M, 3) labelled beads, NaN missing
     excluded: np.ndarray                  # (E, M) bool: unstable beads left out of the fit
@@ -51,6 +52,15 @@ class SegmentSeries:
     n_used: np.ndarray                    # (E,)
     ambiguous: np.ndarray                 # (E,) bool labelling ambiguous
     fit_error: tuple[str, ...] = ()       # per exam: '' or why no pose could be fitted
+
+    @property
+    def model_points_mm(self) -> np.ndarray:
+        """(M, 3) every bead of the segment definition in the reference exam: measured where
+        found, the manifest's approximate coordinates elsewhere. Its centroid is the default
+        motion point and its beads the MTPM points, so both stay the same whichever beads an
+        exam happens to see (the truth of the phantom uses the same definition)."""
+        return np.where(np.isfinite(self.reference_xyz_mm), self.reference_xyz_mm,
+                        self.definition_xyz_mm)
 
     @property
     def valid(self) -> np.ndarray:
@@ -210,8 +220,8 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
         S, B = segments[m.segment], segments[m.relative_to]
         if S.pose is None or B.pose is None:
             continue
-        pts = m.points_mm if m.points_mm is not None else S.reference_xyz_mm
-        point = np.nanmean(S.reference_xyz_mm, axis=0) if isinstance(m.point, str) else m.point
+        pts = m.points_mm if m.points_mm is not None else S.model_points_mm
+        point = S.model_points_mm.mean(axis=0) if isinstance(m.point, str) else m.point
         motion = relative_motion(B.pose, S.pose, point=point, order=m.order, points=pts)
         motion_out[m.name] = _mask_motion(motion, S.valid & B.valid)
     index = {e.id: i for i, e in enumerate(exams)}
@@ -304,7 +314,8 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
             flags[exams[e].id].append(f"{seg.name}: {n_used[e]} beads used < {min_beads}")
         for r in reasons[e]:
             flags[exams[e].id].append(f"{seg.name}: unstable bead excluded: {r}")
-    return SegmentSeries(seg.name, seg.bead_ids, model, observed, xyz, excluded, tuple(reasons),
+    return SegmentSeries(seg.name, seg.bead_ids, model, seg.xyz_mm, observed, xyz, excluded,
+                         tuple(reasons),
                          pose, me, cn, n_used, ambiguous, tuple(errors))
 
 
@@ -398,7 +409,7 @@ def double_exam_differences(series: SubjectSeries, spec: MotionSpec
     Mp = Pose(rel.rotation[p], rel.translation[p])
     Md = Pose(rel.rotation[d], rel.translation[d])
     pts = spec.points_mm if spec.points_mm is not None else \
-        series.segments[spec.segment].reference_xyz_mm
+        series.segments[spec.segment].model_points_mm
     delta = relative_motion(Mp, Md, point=motion.point_mm[d], order=spec.order, points=pts)
     return components(delta), np.column_stack([delta.total_translation_mm, delta.mtpm_mm])
 
