@@ -70,7 +70,10 @@ def _noise_curve(work: np.ndarray, level: np.ndarray, bins: int = 24
     sig = np.array([np.median(hp[order[a:b]]) for a, b in pairwise(edges)])
     keep = np.concatenate([[True], np.diff(knots) > 0])
     knots, sig = knots[keep], np.maximum(sig[keep], 1e-12)
-    return knots, sig / np.median(sig)
+    med = float(np.median(sig))
+    if not med > 1e-9:   # no measurable noise (e.g. a noise-free simulation)
+        return knots, np.ones_like(sig)
+    return knots, np.maximum(sig / med, 1e-3)
 
 
 def _ring_noise(lap: np.ndarray, vv: np.ndarray, uu: np.ndarray, radius: float
@@ -170,7 +173,7 @@ def find_candidates(work: np.ndarray, r_lo: float, r_hi: float, opts: Any
     nc = _noise_curve(small, blurred[0])
     ring = 1.3 * r_hi / f
     lap = cv2.Laplacian(small, cv2.CV_32F, ksize=1)
-    lap_med = float(np.median(np.abs(lap[::3, ::3]))) + 1e-30
+    lap_med = max(float(np.median(np.abs(lap[::3, ::3]))), 1e-6)
     if opts.polarity == "auto":
         cb = _candidates(blurred, resp, radii / f, 1.0, opts, nc, lap, lap_med, ring)
         cd = _candidates(blurred, resp, radii / f, -1.0, opts, nc, lap, lap_med, ring)
@@ -185,7 +188,8 @@ def find_candidates(work: np.ndarray, r_lo: float, r_hi: float, opts: Any
     slope = np.polyfit(nc[0], np.log(nc[1]), 1)[0] if len(nc[0]) > 2 else 1.0
     if polarity == "dark":
         slope = -slope
-    log_display = {"auto": bool(slope > 0), "log": True, "linear": False}[opts.display]
+    # no clear level dependence (e.g. a noise-free simulation): log, as DR images usually are
+    log_display = {"auto": bool(slope > -0.3), "log": True, "linear": False}[opts.display]
     m = 4 * opts.max_beads
     cand = _Candidates(uv=cand.uv[:m] * f + (f - 1) // 2, radius=cand.radius[:m] * f,
                        strength=cand.strength[:m], roundness=cand.roundness[:m])
