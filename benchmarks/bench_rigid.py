@@ -13,21 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
+from _timing import best_of
 from scipy.spatial.transform import Rotation
 
 from rsa.rigid import fit_rigid
-
-
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    best, out = np.inf, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> int:
@@ -45,7 +36,7 @@ def main() -> int:
     y = np.einsum("bij,bnj->bni", R_true, x) + t_true[:, None, :]
     y += rng.normal(scale=0.05, size=y.shape)
 
-    t_rsa, fit = best_time(lambda: fit_rigid(x, y), args.repeats)
+    t_rsa, fit = best_of(lambda: fit_rigid(x, y), args.repeats)
 
     A = x - x.mean(axis=1, keepdims=True)
     B = y - y.mean(axis=1, keepdims=True)
@@ -56,7 +47,7 @@ def main() -> int:
             out[i] = Rotation.align_vectors(B[i], A[i])[0].as_matrix()  # B ≈ R A
         return out
 
-    t_scipy, R_scipy = best_time(scipy_loop, max(1, min(args.repeats, 3)))
+    t_scipy, R_scipy = best_of(scipy_loop, max(1, min(args.repeats, 3)))
 
     err = float(np.abs(fit.rotation - R_scipy).max())
     ok = err < 1e-9

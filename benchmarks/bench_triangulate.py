@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import cv2
 import numpy as np
+from _timing import best_of
 
 from rsa.synthetic.geometry import look_at_view
 from rsa.triangulate import intersect_rays
@@ -45,15 +45,6 @@ def build_views():
                                   up=[0.0, 1.0, 0.0], pixel_spacing_mm=0.1, shape=(3000, 3000),
                                   detector_normal=[0.0, 0.0, 1.0], name=name))
     return views
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, out = np.inf, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv: list[str] | None = None) -> int:
