@@ -23,8 +23,8 @@ over pixels or beads; loops only over the 2–3 filter scales and over fitting p
 
 Accuracy in simulation (:mod:`rsa.synthetic.render`, tests and benchmarks/bench_detect.py):
 RMS ≈ 1.15–1.2 × the Cramér–Rao bound; centroid-type peers (trackpy, scikit-image) are 3–6×
-the bound. Beads on sharp anatomical edges keep a model error of ≈ 0.01 px RMS, included in
-``sigma_px``.
+the bound. Anatomy structure under a bead leaves a model error of ≈ 0.005–0.012 px RMS,
+included in ``sigma_px``.
 
 References
 ----------
@@ -115,9 +115,9 @@ class DetectOptions:
         At most this many beads (highest score) are returned.
     model_error_px : float
         Model error added in quadrature to ``sigma_px``: anatomy structure under a bead (not
-        seen by the local quadratic background) and the detector blur acting on the product of
-        anatomy and bead shift noise-free centres by ≈ 0.01 px RMS in simulated radiographs
-        with limb anatomy (tests/test_detect.py scenes rendered without noise).
+        seen by the local quadratic background) shifts noise-free centres by ≈ 0.005 px (along
+        the limb) to 0.012 px (across it) RMS in simulated radiographs with limb anatomy
+        (tests/test_detect.py scenes rendered without noise); 0.007 px balances the two.
     """
 
     magnification: tuple[float, float] = (1.05, 1.6)
@@ -139,7 +139,7 @@ class DetectOptions:
     weighted: bool = True
     deblend: int = 10
     max_beads: int = 5000
-    model_error_px: float = 0.01
+    model_error_px: float = 0.007
 
     def __post_init__(self) -> None:
         m = tuple(float(x) for x in self.magnification)
@@ -288,7 +288,7 @@ def detect_beads(image: ArrayLike, *, pixel_spacing_mm: ArrayLike,
     ``polarity="auto"`` the polarity with more strong round blobs wins (give it explicitly when
     known, e.g. from the DICOM photometric interpretation); ``display="auto"`` decides log vs
     linear from how the image noise varies with the level. In simulation (tests/test_detect.py,
-    benchmarks/bench_detect.py) the RMS error of ``sigma_px``-normalised errors is 0.9–1.5 and
+    benchmarks/bench_detect.py) the RMS of ``sigma_px``-normalised errors is 0.8–1.35 and
     the centre RMS 1.15–1.2 × the Cramér–Rao bound.
 
     Examples
