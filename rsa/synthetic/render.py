@@ -112,8 +112,10 @@ class RenderOptions:
     Attributes
     ----------
     supersample : int
-        Sub-samples per pixel along each axis (4 → 16 rays per pixel) for spheres and for the
-        edge pixels of implant shadows.
+        Sub-samples per pixel along each axis (8 → 64 rays per pixel) for spheres and for the
+        edge pixels of implant shadows. 8 keeps a rendered bead's centre within 0.001 px of its
+        exact projection (4 leaves up to ≈ 0.007 px, measured against 8×8 and finer grids), so
+        the simulator's truth is well below the 0.01 px bias that detection is judged on.
     mu_bead_per_mm : float
         Attenuation of the spheres: tantalum at 60 keV effective, 5.944 /mm (NIST,
         :mod:`rsa.synthetic.materials`).
@@ -142,7 +144,7 @@ class RenderOptions:
         flagged ``hidden`` (default ln 10: implants absorb ≥ 90 % of the ray).
     """
 
-    supersample: int = 4
+    supersample: int = 8
     mu_bead_per_mm: float = MU_TANTALUM_PER_MM
     photons_per_pixel: float = 2.0e4
     electronic_noise: float = 3.0
