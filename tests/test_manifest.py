@@ -86,6 +86,9 @@ def test_good_manifest(tmp_path):
     ('[0, 10, 30]]', '[0, 10, "x"]]', r"`subjects\[0\].segments\[1\].xyz_mm`"),
     ('id = "T"', 'id = 5', r"`study.id`: expected str, got int 5"),
     ('date = "2026-01-05"', 'date = "05.01.2026"', r"expected YYYY-MM-DD"),
+    ('id = "S01"', 'id = "S01"\nsurgery_date = "yesterday"',
+     r"`subjects\[0\].surgery_date`: expected YYYY-MM-DD"),
+    ('region = "spine"', 'region = "spine"\nindication = 3', r"`study.indication`: expected str"),
     ('kind = "reference"', 'kind = "follow-up"', r"expected exactly one reference exam, got 0"),
 ])
 def test_hostile_manifests(tmp_path, old, new, match):

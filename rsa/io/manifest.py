@@ -183,6 +183,8 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> StudySpec:
     region = c.get(study, "region", "study", str)
     if region not in REGIONS:
         raise c.error("study.region", f"expected one of {sorted(REGIONS)}, got {region!r}")
+    for key in ("description", "indication", "impression"):
+        c.get(study, key, "study", str, "")  # optional documentation fields: type-checked
     thresholds = dict(DEFAULT_THRESHOLDS)
     for key, val in c.get(data, "thresholds", "", dict, {}).items():
         if key not in DEFAULT_THRESHOLDS:
@@ -257,6 +259,15 @@ def _xyz(c: _Ctx, value: Any, where: str, *, single: bool = False) -> np.ndarray
 
 def _subject(c: _Ctx, s: dict, where: str, root: Path, check_files: bool) -> SubjectSpec:
     sid = c.get(s, "id", where, str)
+    for key in ("indication", "impression"):
+        c.get(s, key, where, str, "")
+    surgery = s.get("surgery_date")
+    if surgery is not None and not isinstance(surgery, _dt.date):
+        try:
+            _dt.date.fromisoformat(str(surgery))
+        except ValueError:
+            raise c.error(f"{where}.surgery_date", f"expected YYYY-MM-DD, got {surgery!r}"
+                          ) from None
     segments = []
     for j, g in enumerate(c.get(s, "segments", where, list)):
         w = f"{where}.segments[{j}]"
