@@ -134,6 +134,12 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
                            inputs_key(exam, study, hashes), secs)
 
 
+def _bead_sigma(m: ExamMeasurement, floor_mm: float = 0.01) -> np.ndarray:
+    """Per-bead 3D uncertainty (mm) for fit weights: a floor combined with the crossing-line
+    error, which measures the inconsistency of a bead's two rays (ISO 16087)."""
+    return np.sqrt(floor_mm ** 2 + np.nan_to_num(m.cle_mm, nan=1.0) ** 2)
+
+
 def _cage_ref(study: StudySpec) -> str | Path:
     """A cage given as a relative path is relative to the manifest; otherwise a shipped name."""
     candidate = study.root / study.cage
@@ -179,9 +185,11 @@ def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
     store = ResultStore(out_dir / "results.sqlite")
     try:
         measurements = _measure_all(study, cage, store, executor, max_workers, resume, progress)
-        series = tuple(analyse_subject(s, [measurements[f"{s.id}/{e.id}"].points_mm
-                                           for e in s.exams], study.motions, study.thresholds)
-                       for s in study.subjects)
+        series = tuple(analyse_subject(
+            s, [measurements[f"{s.id}/{e.id}"].points_mm for e in s.exams], study.motions,
+            study.thresholds,
+            sigma_mm=[_bead_sigma(measurements[f"{s.id}/{e.id}"]) for e in s.exams])
+            for s in study.subjects)
         prec = {m.name: study_precision(series, m) for m in study.motions}
         flags = _write_results(store, study, measurements, series, prec)
         store.replace_rows("precision", _precision_rows(series, prec), where={})

@@ -125,8 +125,8 @@ def _resolve_conflicts(claims: dict[str, np.ndarray], dists: dict[str, np.ndarra
 
 
 def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
-                    motions: Sequence[MotionSpec], thresholds: Mapping[str, float],
-                    ) -> SubjectSeries:
+                    motions: Sequence[MotionSpec], thresholds: Mapping[str, float], *,
+                    sigma_mm: Sequence[np.ndarray] | None = None) -> SubjectSeries:
     """Label, fit and compute motions for one subject.
 
     Parameters
@@ -212,7 +212,8 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
     segments = {}
     for seg in subject.segments:
         segments[seg.name] = _fit_segment(seg, ref_models[seg.name], observed[seg.name], points,
-                                          ambiguous[seg.name], thresholds, exams, flags)
+                                          ambiguous[seg.name], thresholds, exams, flags,
+                                          sigma_mm, ref_i)
 
     # 4. Motions, batched over exams.
     motion_out = {}
@@ -230,12 +231,18 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
 
 
 def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, points, ambiguous,
-                 thresholds, exams, flags) -> SegmentSeries:
+                 thresholds, exams, flags, sigma_mm=None, ref_i=0) -> SegmentSeries:
     E, M = observed.shape
     xyz = np.full((E, M, 3), np.nan)
+    sig = np.zeros((E, M))
     for e in range(E):
         ok = observed[e] >= 0
         xyz[e, ok] = points[e][observed[e, ok]]
+        if sigma_mm is not None:
+            sig[e, ok] = sigma_mm[e][observed[e, ok]]
+    # Bead weights 1 / (σ_reference² + σ_exam²): both ends of a bead's displacement are measured.
+    bead_w = 1.0 / np.maximum(sig[ref_i][None, :] ** 2 + sig ** 2, 1e-12) \
+        if sigma_mm is not None else np.ones((E, M))
     xyz[:, ~np.isfinite(model[:, 0])] = np.nan
     n_valid = np.isfinite(xyz[..., 0]).sum(axis=1)
     min_beads = int(thresholds["min_beads"])
@@ -286,7 +293,8 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
         if fittable.any():
             excl = excl | displaced[fittable]
             excluded[fittable] = excl
-            w = (~excl).astype(float)
+            w = np.where(excl, 0.0, bead_w[fittable])
+            w = np.where(np.isfinite(w), w, 0.0)
             try:
                 fit = fit_rigid(x, y, weights=w)
             except EstimationError as exc:

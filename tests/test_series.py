@@ -154,3 +154,24 @@ def test_exam_without_fit_gives_nan_motion(scene):
     # the F1/F1D double pair is dropped from precision, REF/D remains
     prec = study_precision([s], MotionSpec("implant", "bone"))
     assert prec.n == 1
+
+
+def test_bead_uncertainty_weights(scene):
+    subject, points, truth, implant = scene
+    spec = MotionSpec("implant", "bone")
+    s0 = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS)
+    j = s0.segments["implant"].observed_index[2][1]           # implant bead I1 in exam F1
+    pts = [p.copy() for p in points]
+    pts[2][j] += [0.0, 0.0, 0.2]                             # a 0.2 mm measurement error there
+    sigma = [np.full(len(p), 0.01) for p in pts]
+    sigma[2][j] = 0.2                                        # ... that its uncertainty admits
+    c = implant.mean(axis=0)
+    true_t = _apply(truth["F1"], c) - c
+    plain = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS)
+    weighted = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS, sigma_mm=sigma)
+    err_plain = np.linalg.norm(plain.motions["implant/bone"].translation_mm[2] - true_t)
+    err_w = np.linalg.norm(weighted.motions["implant/bone"].translation_mm[2] - true_t)
+    # unweighted: the 0.2 mm error moves the centroid by ≈ 0.2/6 mm; weighted by 1/σ² it
+    # contributes (0.01/0.2)² as much, leaving the noise level (≈ 0.006 mm)
+    assert err_plain > 0.02
+    assert err_w < 0.5 * err_plain
