@@ -51,6 +51,7 @@ class ExamMeasurement:
     sha256: tuple[str, ...]      # per image file
     inputs_key: str
     seconds: dict[str, float] = field(default_factory=dict)
+    sigma_mm: np.ndarray | None = None   # (P,) 3D uncertainty from the 2D centre uncertainties
 
     @property
     def key(self) -> str:
@@ -113,6 +114,10 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     oa, da = cal.a.rays(uv_a)
     ob, db = cal.b.rays(uv_b)
     m = match_rays(oa, da, ob, db, gate_mm=study.thresholds["gate_mm"])
+    sigma = _triangulation_sigma(m, (cal.a, cal.b), (da, db),
+                                 (beads[names[0]].sigma_px[cal.a.patient_mask],
+                                  beads[names[1]].sigma_px[cal.b.patient_mask]),
+                                 first.pixel_spacing_mm)
     secs["match"] = time.perf_counter() - t
     summary = tuple({"view": v.name, "method": v.method_label, "focus": v.focus_mm.tolist(),
                      "rms_px": float(v.rms_px),
@@ -131,13 +136,35 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     hashes = tuple(dict.fromkeys(r.sha256 for r in views.values()))
     return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
                            uv_b[m.pairs[:, 1]], m.ambiguous, summary, hashes,
-                           inputs_key(exam, study, hashes), secs)
+                           inputs_key(exam, study, hashes), secs, sigma)
 
 
-def _bead_sigma(m: ExamMeasurement, floor_mm: float = 0.01) -> np.ndarray:
-    """Per-bead 3D uncertainty (mm) for fit weights: a floor combined with the crossing-line
-    error, which measures the inconsistency of a bead's two rays (ISO 16087)."""
-    return np.sqrt(floor_mm ** 2 + np.nan_to_num(m.cle_mm, nan=1.0) ** 2)
+def _triangulation_sigma(match, views, directions, sigma_px, spacing_mm) -> np.ndarray:
+    """Approximate 3D standard uncertainty (mm) of each triangulated bead.
+
+    Each view's centre uncertainty (largest axis of ``sigma_px``) is scaled to the bead by the
+    pixel spacing and the ratio focus–bead / focus–detector distance; the two ray errors combine
+    in quadrature and are amplified by 1/sin of the angle between the rays (intersection of two
+    uncertain lines).
+    """
+    out = []
+    for k, (view, sig) in enumerate(zip(views, sigma_px, strict=True)):
+        s = np.max(np.atleast_2d(sig), axis=-1) if np.ndim(sig) > 1 else np.asarray(sig)
+        s = s[match.pairs[:, k]] * float(np.mean(spacing_mm))
+        dist = np.linalg.norm(match.points_mm - view.focus_mm, axis=-1)
+        out.append(s * dist / view.focus_detector_distance_mm)
+    da = directions[0][match.pairs[:, 0]]
+    db = directions[1][match.pairs[:, 1]]
+    sin = np.linalg.norm(np.cross(da, db), axis=-1)
+    return np.hypot(out[0], out[1]) / np.maximum(sin, 1e-3)
+
+
+def _bead_sigma(m: ExamMeasurement, floor_mm: float = 0.005) -> np.ndarray:
+    """Per-bead 3D uncertainty (mm) for fit weights: the propagated 2D centre uncertainty, the
+    crossing-line error (the observed inconsistency of the bead's two rays, ISO 16087) and a
+    floor for what neither sees (calibration, model error), in quadrature."""
+    prop = np.zeros(len(m.cle_mm)) if m.sigma_mm is None else np.nan_to_num(m.sigma_mm, nan=1.0)
+    return np.sqrt(floor_mm ** 2 + prop ** 2 + np.nan_to_num(m.cle_mm, nan=1.0) ** 2)
 
 
 def _cage_ref(study: StudySpec) -> str | Path:
@@ -258,11 +285,12 @@ def _measurement_rows(m: ExamMeasurement, *, status: str, exam: ExamSpec | None 
                       labels: dict[int, tuple[str, str]] | None = None,
                       flags: list[str] | None = None, notes: list[str] | None = None) -> dict:
     labels = labels or {}
+    sig = m.sigma_mm if m.sigma_mm is not None else np.full(len(m.cle_mm), np.nan)
     beads = [{"segment": labels.get(i, ("", ""))[0], "bead_id": labels.get(i, ("", ""))[1],
-              "x": p[0], "y": p[1], "z": p[2], "cle_mm": c, "u_a": ua[0], "v_a": ua[1],
-              "u_b": ub[0], "v_b": ub[1]}
-             for i, (p, c, ua, ub) in enumerate(zip(m.points_mm, m.cle_mm, m.uv_a, m.uv_b,
-                                                    strict=True))]
+              "x": p[0], "y": p[1], "z": p[2], "cle_mm": c, "sigma_mm": sg, "u_a": ua[0],
+              "v_a": ua[1], "u_b": ub[0], "v_b": ub[1]}
+             for i, (p, c, sg, ua, ub) in enumerate(zip(m.points_mm, m.cle_mm, sig, m.uv_a,
+                                                        m.uv_b, strict=True))]
     views = [{"view": v["view"], "method": v["method"], "focus_x": v["focus"][0],
               "focus_y": v["focus"][1], "focus_z": v["focus"][2], "rms_px": v["rms_px"],
               "rms_mm": v["rms_mm"], "n_fiducials": v["n_fiducials"],
@@ -298,7 +326,7 @@ def _measurement_from_store(store, subject, exam_id, hashes, key) -> ExamMeasure
                     for v in views)
     return ExamMeasurement(subject, exam_id, col("x", "y", "z"), col("cle_mm")[:, 0],
                            col("u_a", "v_a"), col("u_b", "v_b"), np.zeros(len(beads), bool),
-                           summary, hashes, key, {"resumed": 0.0})
+                           summary, hashes, key, {"resumed": 0.0}, col("sigma_mm")[:, 0])
 
 
 def _write_results(store, study, measurements, series, prec) -> dict[str, list[str]]:

@@ -68,3 +68,11 @@ def test_not_a_database(tmp_path):
     path.write_bytes(b"garbage" * 100)
     with pytest.raises(InputError, match="not a usable rsa results database"):
         ResultStore(path)
+
+
+def test_other_columns_are_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE beads (exam_key TEXT, x REAL)")
+    with pytest.raises(InputError, match="table `beads` was written by another version"):
+        ResultStore(path)

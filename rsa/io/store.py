@@ -9,7 +9,8 @@ Tables
 ``views``      calibration per exam and view: method, focus, reprojection RMS, markers used.
 ``markers``    identified cage markers per exam and view: id, role, detected u/v, reprojection
                residual (px) and object-space residual (mm).
-``beads``      3D beads per exam: segment, bead id, x/y/z (mm), CLE (mm), 2D positions per view.
+``beads``      3D beads per exam: segment, bead id, x/y/z (mm), CLE (mm), propagated 3D
+               uncertainty (mm), 2D positions per view.
 ``fits``       per exam and segment: pose relative to the reference exam (R, t), ME, CN, beads
                used, excluded beads with reasons.
 ``motions``    per exam and motion (segment relative to reference segment): translations,
@@ -49,7 +50,8 @@ _TABLES: dict[str, Sequence[tuple[str, str]]] = {
                 ("role", "TEXT"), ("u", "REAL"), ("v", "REAL"), ("du_px", "REAL"),
                 ("dv_px", "REAL"), ("residual_mm", "REAL")),
     "beads": (("exam_key", "TEXT"), ("segment", "TEXT"), ("bead_id", "TEXT"), ("x", "REAL"),
-              ("y", "REAL"), ("z", "REAL"), ("cle_mm", "REAL"), ("u_a", "REAL"), ("v_a", "REAL"),
+              ("y", "REAL"), ("z", "REAL"), ("cle_mm", "REAL"), ("sigma_mm", "REAL"),
+              ("u_a", "REAL"), ("v_a", "REAL"),
               ("u_b", "REAL"), ("v_b", "REAL")),
     "fits": (("exam_key", "TEXT"), ("segment", "TEXT"), ("rotation", "TEXT"),
              ("translation", "TEXT"), ("me_mm", "REAL"), ("cn", "REAL"),
@@ -81,12 +83,16 @@ class ResultStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path)
         try:
-            self._db = sqlite3.connect(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._create()
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise InputError(f"{self.path}: not a usable rsa results database ({exc}).") from None
+        except InputError:
+            self._db.close()
+            raise
 
     def __enter__(self) -> ResultStore:
         return self
@@ -109,6 +115,11 @@ class ResultStore:
             for name, cols in _TABLES.items():
                 spec = ", ".join(f"{c} {t}" for c, t in cols)
                 self._db.execute(f"CREATE TABLE IF NOT EXISTS {name} ({spec})")
+                have = [r[1] for r in self._db.execute(f"PRAGMA table_info({name})")]
+                if have != [c for c, _ in cols]:
+                    raise InputError(f"{self.path}: table `{name}` was written by another "
+                                     f"version of rsa (columns differ); use a new output "
+                                     f"folder.")
 
     # -- writing --------------------------------------------------------------------------
     def write_exam(self, exam_key: str, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> None:
