@@ -27,7 +27,7 @@ import numpy as np
 from rsa import __version__
 from rsa.cage import Cage, load_cage
 from rsa.calibrate import calibrate_exam
-from rsa.detect import detect_beads
+from rsa.detect import DetectOptions, detect_beads
 from rsa.errors import InputError, RsaError, RsaWarning
 from rsa.io.images import Radiograph, read_radiograph, split_views
 from rsa.io.manifest import ExamSpec, StudySpec, load_manifest
@@ -97,7 +97,10 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     secs["read"] = time.perf_counter() - t
     names = tuple(views)
     t = time.perf_counter()
-    beads = {v: detect_beads(r.image, pixel_spacing_mm=r.pixel_spacing_mm)
+    # rsa.io returns every image with beads bright (MONOCHROME1 inverted, PNG/TIFF per the
+    # caller's `invert`), so the polarity is known here and not guessed from the image.
+    opts = DetectOptions(polarity="bright")
+    beads = {v: detect_beads(r.image, pixel_spacing_mm=r.pixel_spacing_mm, options=opts)
              for v, r in views.items()}
     secs["detect"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -63,7 +63,7 @@ def _truth_detection(study_dir: Path, mp: pytest.MonkeyPatch, sd_px: float = 0.0
             current[id(r.image)] = table[Path(r.path).resolve()]
         return views
 
-    def fake_detect(image, pixel_spacing_mm):
+    def fake_detect(image, pixel_spacing_mm, options=None):
         uv = current[id(image)]
         return type("Beads", (), {"uv_px": uv + rng.normal(scale=sd_px, size=uv.shape),
                                   "sigma_px": np.full(uv.shape, sd_px)})()
