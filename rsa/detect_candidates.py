@@ -177,9 +177,11 @@ def find_candidates(work: np.ndarray, r_lo: float, r_hi: float, opts: Any
     if opts.polarity == "auto":
         cb = _candidates(blurred, resp, radii / f, 1.0, opts, nc, lap, lap_med, ring)
         cd = _candidates(blurred, resp, radii / f, -1.0, opts, nc, lap, lap_med, ring)
-        # more strong round blobs wins; strength caps keep a few huge edges from deciding
-        sb = np.minimum(cb.strength, 50.0).sum()
-        sd = np.minimum(cd.strength, 50.0).sum()
+        # more strong *round* blobs wins: strength caps keep a few huge edges from deciding, and
+        # weighting by roundness keeps the many elongated dark gaps between bright structures
+        # (implant borders, bone edges) from outvoting the beads
+        sb = (np.minimum(cb.strength, 50.0) * np.clip(cb.roundness, 0.0, 1.0)).sum()
+        sd = (np.minimum(cd.strength, 50.0) * np.clip(cd.roundness, 0.0, 1.0)).sum()
         polarity, cand = ("bright", cb) if sb >= sd else ("dark", cd)
     else:
         polarity = opts.polarity
