@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +73,8 @@ def _load_views(exam: ExamSpec) -> dict[str, Radiograph]:
         if len(im.views) == 1:
             views[im.views[0]] = r
             continue
-        parts = split_views(Radiograph(r.image, r.pixel_spacing_mm, r.path, r.sha256,
-                                       r.bits_stored, r.photometric, r.acquisition_date,
-                                       tuple(im.views), r.spacing_source))
-        views.update(parts)
+        # the manifest names the views of a side-by-side file (left to right)
+        views.update(split_views(replace(r, layout=tuple(im.views))))
     names = list(views)
     a, b = views[names[0]], views[names[1]]
     if a.shape != b.shape or not np.allclose(a.pixel_spacing_mm, b.pixel_spacing_mm):
