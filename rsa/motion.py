@@ -194,19 +194,8 @@ def helical_axis(rotation: ArrayLike, translation: ArrayLike, *,
     A rotation with ‖s‖ = 0 and c > 0 (θ = 0 exactly) has no axis: axis and point are NaN
     and the slide is ‖t‖ (a pure translation). No warnings are emitted.
     """
-    R = _as_rotation(rotation)
-    t = as_points(translation, "translation", spec="(..., 3)")
-    if not np.all(np.isfinite(t)):
-        raise ShapeError("Expected `translation` to be finite, found NaN or inf.")
-    try:
-        batch = np.broadcast_shapes(R.shape[:-2], t.shape[:-1])
-    except ValueError:
-        raise ShapeError(
-            f"Expected `rotation` and `translation` with broadcastable batch shapes, got "
-            f"{R.shape} and {t.shape}."
-        ) from None
-    R = np.broadcast_to(R, (*batch, 3, 3))
-    t = np.broadcast_to(t, (*batch, 3))
+    pose = Pose(rotation, translation)  # validates shapes, finiteness, proper rotations
+    R, t = pose.rotation, pose.translation
 
     s = 0.5 * np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
                         R[..., 1, 0] - R[..., 0, 1]], axis=-1)
