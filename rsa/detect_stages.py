@@ -354,8 +354,11 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     cnt = np.stack([(ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
     sec = num / np.maximum(cnt, 1.0)
     has = cnt > 8
-    anis = np.where(has, sec, -np.inf).max(1) / np.maximum(np.where(has, sec, np.inf).min(1),
-                                                           1e-300)
+    # ratio of the largest to the smallest sector variance; 1 (isotropic) when no sector has
+    # enough pixels (a bead at the image border), instead of −inf/inf = NaN with a warning
+    hi = np.where(has, sec, 0.0).max(1)
+    lo = np.where(has, sec, np.inf).min(1)
+    anis = np.where(has.any(1), hi / np.maximum(np.where(np.isfinite(lo), lo, 1.0), 1e-300), 1.0)
     near_edge = ((bg_span > opts.edge_ratio * np.abs(c_img)) | (anis > opts.edge_anisotropy)
                  | (chi2_ring > opts.max_chi2 * np.median(chi2_ring)))
     occluded = (chi2 > opts.max_chi2) | distorted
