@@ -56,6 +56,15 @@ from scipy.special import ndtr
 IU, IV, IR, IE1, IE2, ILS, ILK, ILC, IA, IB0, IBU, IBV, IBUU, IBUV, IBVV = range(15)
 NPAR = 15
 LINEAR = (IA, IB0, IBU, IBV, IBUU, IBUV, IBVV)
+# optional straight-edge term of the background (a bead on an implant or bone edge):
+# amplitude (linear), normal angle, offset along the normal from the window centre, log width
+IEA, IET, IED, IEW = range(NPAR, NPAR + 4)
+NPAR_EDGE = NPAR + 4
+
+
+def linear_params(npar: int) -> tuple[int, ...]:
+    """Indices of the parameters that enter the model linearly, for a layout of ``npar``."""
+    return (*LINEAR, IEA) if npar > NPAR else LINEAR
 _SQRT2PI = np.sqrt(2.0 * np.pi)
 LAG = 2   # noise-correlation lags (px) used in the sandwich covariance
 
@@ -77,6 +86,8 @@ class FitSetup:
     t_lim: float = 5.0   # c = tanh(t) limited to |t| ≤ t_lim
     e_max: float = 0.35
     rim: float = 0.1     # rim smoothing width in units of the radius
+    edge_w_lo: float = 0.3   # width bounds of the edge term (px)
+    edge_w_hi: float = 8.0
 
 
 def make_setup(r_lo: float, r_hi: float, *, sub: int = 3, blur_guess: float = 1.0) -> FitSetup:
@@ -164,16 +175,34 @@ def _display(B: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 _QS = 0.01   # scale of the quadratic background terms (keeps JᵀJ balanced)
 
 
+def edge_profile(p: np.ndarray, du: np.ndarray, dv: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Unit blurred step Φ(z) of the edge term, z = (n·x − d)/w, n = (cos θ, sin θ).
+
+    ``du``, ``dv`` broadcast to (N, W, W); returns Φ, φ(z)/w (= dΦ/d(n·x)), z and the
+    coordinate along the edge n⊥·x (for the derivatives).
+    """
+    th = p[:, IET, None, None]
+    c, s = np.cos(th), np.sin(th)
+    w = np.exp(p[:, IEW])[:, None, None]
+    z = (c * du + s * dv - p[:, IED, None, None]) / w
+    return ndtr(z), np.exp(-0.5 * z * z) / (_SQRT2PI * w), z, c * dv - s * du
+
+
 def background(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
-    """Quadratic local background (anatomy) in the window, (N, W, W)."""
+    """Local background (anatomy) in the window, (N, W, W): quadratic, plus a blurred straight
+    step when ``p`` has the edge layout (:data:`NPAR_EDGE` columns)."""
     P = [p[:, i, None, None] for i in (IB0, IBU, IBV, IBUU, IBUV, IBVV)]
-    return P[0] + P[1] * du + P[2] * dv + _QS * (P[3] * du * du + P[4] * du * dv + P[5] * dv * dv)
+    bg = P[0] + P[1] * du + P[2] * dv + _QS * (P[3] * du * du + P[4] * du * dv + P[5] * dv * dv)
+    if p.shape[1] > NPAR:
+        bg = bg + p[:, IEA, None, None] * edge_profile(p, du, dv)[0]
+    return bg
 
 
 def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.ndarray,
                        cv: np.ndarray, setup: FitSetup, jac: bool = True
                        ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model (N, W, W) and Jacobian (N, 12, W, W) for window pixel coordinates pu, pv (N, W).
+    """Model (N, W, W) and Jacobian (N, P, W, W) for window pixel coordinates pu, pv (N, W).
 
     ``cu``, ``cv`` (N,) are the reference coordinates of the background plane.
     """
@@ -199,7 +228,7 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     Ad = A * dh
     dKvS = Kv[1] @ S
     dKuT = np.swapaxes(Ku[1], 1, 2)
-    J = np.empty((model.shape[0], NPAR, *model.shape[1:]), np.float32)   # parameter axis 2nd
+    J = np.empty((model.shape[0], p.shape[1], *model.shape[1:]), np.float32)  # params 2nd
     Ad = Ad.astype(np.float32)
     B = B.astype(np.float32)
     J[:, IU] = Ad * (KvS @ dKuT)
@@ -233,6 +262,13 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     J[:, IBUU] = np.broadcast_to(du * du, model.shape) * _QS
     J[:, IBUV] = du * dv * _QS
     J[:, IBVV] = np.broadcast_to(dv * dv, model.shape) * _QS
+    if p.shape[1] > NPAR:
+        Phi, phi_w, z, along = edge_profile(p, du, dv)
+        sphi = p[:, IEA, None, None] * phi_w
+        J[:, IEA] = Phi
+        J[:, IET] = sphi * along
+        J[:, IED] = -sphi
+        J[:, IEW] = -sphi * z * np.exp(p[:, IEW])[:, None, None]     # ∂z/∂log w = −z
     return model, J
 
 
@@ -245,6 +281,9 @@ def _clip(p: np.ndarray, setup: FitSetup) -> np.ndarray:
     p[:, ILS] = np.clip(p[:, ILS], np.log(setup.blur_lo), np.log(setup.blur_hi))
     p[:, ILK] = np.clip(p[:, ILK], np.log(setup.k_lo), np.log(setup.k_hi))
     p[:, ILC] = np.clip(p[:, ILC], -setup.t_lim, setup.t_lim)
+    if p.shape[1] > NPAR:
+        p[:, IEW] = np.clip(p[:, IEW], np.log(setup.edge_w_lo), np.log(setup.edge_w_hi))
+        p[:, IED] = np.clip(p[:, IED], -setup.half - 1.0, setup.half + 1.0)
     return p
 
 
@@ -252,7 +291,7 @@ def _clip(p: np.ndarray, setup: FitSetup) -> np.ndarray:
 class FitResult:
     """Per-bead fit output (plain arrays, internal)."""
 
-    params: np.ndarray      # (N, 12)
+    params: np.ndarray      # (N, P)
     cov_uv: np.ndarray      # (N, 2, 2) centre covariance
     resid: np.ndarray       # (N, W, W) data − model
     model: np.ndarray       # (N, W, W)
@@ -262,21 +301,24 @@ class FitResult:
 
 def linear_init(p: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray,
                 pv: np.ndarray, cu: np.ndarray, cv: np.ndarray, setup: FitSetup) -> np.ndarray:
-    """Solve the linear parameters (amplitude, background plane) for fixed shape parameters."""
+    """Solve the linear parameters (amplitude, background, edge step) for fixed shape ones."""
+    lin = linear_params(p.shape[1])
     q = p.copy()
-    q[:, LINEAR] = 0.0
+    q[:, lin] = 0.0
     q[:, IA] = 1.0
     h = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
     du = np.broadcast_to((pu - cu[:, None])[:, None, :], h.shape)
     dv = np.broadcast_to((pv - cv[:, None])[:, :, None], h.shape)
-    Bm = np.stack([h, np.ones_like(h), du, dv, du * du * _QS, du * dv * _QS, dv * dv * _QS],
-                  axis=1).reshape(len(p), len(LINEAR), -1)
+    cols = [h, np.ones_like(h), du, dv, du * du * _QS, du * dv * _QS, dv * dv * _QS]
+    if len(lin) > len(LINEAR):
+        cols.append(np.broadcast_to(edge_profile(q, du, dv)[0], h.shape))
+    Bm = np.stack(cols, axis=1).reshape(len(p), len(lin), -1)
     Bw = Bm * wts.reshape(len(p), 1, -1)
     H = Bw @ np.swapaxes(Bm, 1, 2)
-    H += 1e-9 * np.eye(len(LINEAR)) * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1),
-                                                 1e-300)[:, None, None]
+    H += 1e-9 * np.eye(len(lin)) * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1),
+                                              1e-300)[:, None, None]
     rhs = Bw @ data.reshape(len(p), -1, 1)
-    q[:, LINEAR] = np.linalg.solve(H, rhs)[..., 0]
+    q[:, lin] = np.linalg.solve(H, rhs)[..., 0]
     return q
 
 
@@ -288,7 +330,7 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
 
     Parameters
     ----------
-    p0 : (N, 12) initial parameters.
+    p0 : (N, P) initial parameters, P = :data:`NPAR` or :data:`NPAR_EDGE` (with edge term).
     data : (N, W, W) pixel values of each bead's window.
     wts : (N, W, W) inverse pixel variances (0 for padding / masked pixels; 1 = unweighted).
     pu, pv : (N, W) pixel-centre coordinates of the window columns / rows.
@@ -299,7 +341,8 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
     box : ((N, 2) centres, half width) or None
         Keep each bead centre inside this box (a trust region while neighbours overlap).
     """
-    free = np.ones(NPAR, bool)
+    npar = p0.shape[1]
+    free = np.ones(npar, bool)
     free[list(fixed)] = False
     n = len(p0)
     cu = pu[:, setup.half].astype(float)
@@ -312,12 +355,12 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
     r = data - model
     cost = np.einsum("nij,nij->n", wts, r * r)
     active = np.ones(n, bool)
-    eye = np.eye(NPAR)
+    eye = np.eye(npar)
     for _ in range(iterations):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        Jf = J[idx].reshape(idx.size, NPAR, -1)
+        Jf = J[idx].reshape(idx.size, npar, -1)
         Jw = Jf * wts[idx].reshape(idx.size, 1, -1).astype(np.float32)
         H = (Jw @ np.swapaxes(Jf, 1, 2)).astype(np.float64)
         grad = (Jw @ r[idx].reshape(idx.size, -1, 1).astype(np.float32))[..., 0].astype(float)
@@ -342,14 +385,14 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         lam[acc] = np.maximum(lam[acc] * 0.3, 1e-7)
         lam[idx[~ok]] *= 10.0
         active[idx[done]] = False
-    Jf = J.reshape(n, NPAR, -1).astype(np.float64)
+    Jf = J.reshape(n, npar, -1).astype(np.float64)
     sw = np.sqrt(wts).reshape(n, 1, -1)
     Jw = Jf * sw
     H = Jw @ np.swapaxes(Jw, 1, 2)
     H += 1e-9 * eye * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1), 1e-300)[:, None, None]
     Hinv = np.linalg.pinv(H, hermitian=True)
     npix = (wts > 0).reshape(n, -1).sum(1)
-    chi2 = cost / np.maximum(npix - NPAR, 1)
+    chi2 = cost / np.maximum(npix - npar, 1)
     if rho is None:
         cov = Hinv[:, :2, :2]
     else:

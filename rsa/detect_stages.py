@@ -38,18 +38,24 @@ from rsa.detect_refine import (
     IBV,
     IE1,
     IE2,
+    IEA,
+    IED,
+    IET,
+    IEW,
     ILC,
     ILK,
     ILS,
     IR,
     IU,
     IV,
-    LINEAR,
     NPAR,
+    NPAR_EDGE,
     FitResult,
     FitSetup,
     background,
     fit,
+    linear_init,
+    linear_params,
     make_setup,
     model_and_jacobian,
     noise_correlation,
@@ -79,7 +85,7 @@ def _neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitS
         return out
     i, j = pairs[:, 0], pairs[:, 1]
     q = p[j].copy()
-    q[:, LINEAR] = 0.0
+    q[:, linear_params(q.shape[1])] = 0.0
     q[:, IA] = p[j, IA]
     m, _ = model_and_jacobian(q, pu[i], pv[i], pu[i, 0], pv[i, 0], setup, jac=False)
     np.add.at(out, i, m)
@@ -129,7 +135,7 @@ def _empty() -> dict[str, np.ndarray]:
 def _blocked(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
     """Blurred blocked fraction B (N, W, W) of each bead model (no display, no background)."""
     q = p.copy()
-    q[:, LINEAR] = 0.0
+    q[:, linear_params(q.shape[1])] = 0.0
     q[:, IA] = 1.0
     q[:, ILC] = 0.0
     return model_and_jacobian(q, pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
@@ -160,6 +166,128 @@ def _rel_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup
     c = np.tanh(p[:, ILC])[:, None, None]
     t = np.clip(1.0 - _blocked(p, pu, pv, setup), 1e-6, 1.0)
     return t ** (-2.0 * c) * (t + eps) / (1.0 + eps) * _taper(p, pu, pv)
+
+
+
+def _structure(r: FitResult, inside: np.ndarray, w: np.ndarray, pu: np.ndarray,
+               pv: np.ndarray, setup: FitSetup, opts: Any
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evidence of structure (implant or bone edge) next to each fitted bead.
+
+    Returns ``near_edge`` (N,) and the reduced χ² over the bead's disc and over the ring
+    around it, both relative to the whole window's (background noise) level.
+    """
+    p = r.params
+    chi2 = r.chi2_red
+    # misfit over the bead's own disc (anatomy structure elsewhere in the window does not
+    # count), relative to the whole-window noise level: an implant edge across the bead
+    du = pu[:, None, :] - p[:, IU, None, None]
+    dv = pv[:, :, None] - p[:, IV, None, None]
+    rr = np.hypot(du, dv)
+    disc = (rr <= _radius(p)[:, None, None] + 1.0) & (inside > 0)
+    ring = (rr > _radius(p)[:, None, None] + 2.5 * np.exp(p[:, ILS, None, None])) & (inside > 0)
+    z2 = r.resid ** 2 * w * _taper(p, pu, pv)      # whitened, without the taper's down-weighting
+    chi2_disc = (z2 * disc).sum(axis=(1, 2)) / np.maximum(disc.sum(axis=(1, 2)), 1) / chi2
+    chi2_ring = (z2 * ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1) / chi2
+    # background change across the bead (fitted) relative to the bead's contrast
+    bg = background(p, du + (p[:, IU] - pu[:, setup.half])[:, None, None],
+                    dv + (p[:, IV] - pv[:, setup.half])[:, None, None])
+    bg_span = np.where(disc, bg, -np.inf).max(axis=(1, 2)) - np.where(disc, bg, np.inf).min(
+        axis=(1, 2))
+    # the residual variance around the bead differs strongly between directions (8 sectors of
+    # ≈ 50–100 pixels: pure noise keeps their ratio below ≈ 2.5)
+    sector = (np.floor((np.arctan2(dv, du) + np.pi) / (np.pi / 4)).astype(int) % 8)
+    ring_f = ring.astype(float)
+    num = np.stack([(z2 * ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
+    cnt = np.stack([(ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
+    sec = num / np.maximum(cnt, 1.0)
+    has = cnt > 8
+    # ratio of the largest to the smallest sector variance; 1 (isotropic) when no sector has
+    # enough pixels (a bead at the image border), instead of −inf/inf = NaN with a warning
+    hi = np.where(has, sec, 0.0).max(1)
+    lo = np.where(has, sec, np.inf).min(1)
+    anis = np.where(has.any(1), hi / np.maximum(np.where(np.isfinite(lo), lo, 1.0), 1e-300), 1.0)
+    c_img = _contrast(r.model, p, pu, pv)
+    near_edge = ((bg_span > opts.edge_ratio * np.abs(c_img)) | (anis > opts.edge_anisotropy)
+                 | (chi2_ring > opts.max_chi2 * np.median(chi2_ring)))
+    return near_edge, chi2_disc, chi2_ring
+
+
+# χ²(4 dof) exceeded with probability 0.001: a straight edge is kept only when its four
+# parameters explain that much more of the window than noise could
+_EDGE_CHI2 = 18.47
+
+
+def _edge_start(r: FitResult, data: np.ndarray, inside: np.ndarray, pu: np.ndarray,
+                pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Start values (N, NPAR_EDGE) of the edge layout from a plain fit ``r``.
+
+    The edge direction is the dominant gradient direction (structure tensor) of the window with
+    the fitted bead removed, outside the bead's blurred disc; its offset the gradient-weighted
+    mean position along that direction. Amplitude and the rest are solved linearly by the fit.
+    """
+    p = r.params
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    du = (pu - cu[:, None])[:, None, :]
+    dv = (pv - cv[:, None])[:, :, None]
+    bg = data - (r.model - background(p, du, dv))
+    gv, gu = np.gradient(bg, axis=(1, 2))
+    rr = np.hypot(du - (p[:, IU] - cu)[:, None, None], dv - (p[:, IV] - cv)[:, None, None])
+    m = ((inside > 0) & (rr > (_radius(p) + 2.0 * np.exp(p[:, ILS]))[:, None, None])).astype(float)
+    sxx = (m * gu * gu).sum(axis=(1, 2))
+    syy = (m * gv * gv).sum(axis=(1, 2))
+    sxy = (m * gu * gv).sum(axis=(1, 2))
+    th = 0.5 * np.arctan2(2.0 * sxy, sxx - syy)
+    c, s = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
+    wt = m * (c * gu + s * gv) ** 2
+    proj = c * du + s * dv
+    q = np.zeros((len(p), NPAR_EDGE))
+    q[:, :NPAR] = p
+    q[:, IET] = th
+    q[:, IED] = (wt * proj).sum(axis=(1, 2)) / np.maximum(wt.sum(axis=(1, 2)), 1e-300)
+    q[:, IEW] = 0.0
+    return q
+
+
+def _edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
+                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
+                flagged: np.ndarray, fixed: tuple[int, ...], iterations: int) -> FitResult:
+    """Refit beads with a straight blurred step in their background where the data ask for it.
+
+    An implant or cortical-bone edge under or next to a bead is not a quadratic; fitted as one
+    it pulls the centre towards or away from the edge by up to pixels. The step model (Φ of the
+    distance to a line, free amplitude, direction, position and width) is kept where it lowers
+    the weighted misfit by more than noise could: χ²₄ at p = 0.001, in units of the refit's
+    reduced χ² times the noise correlation's variance inflation. Candidates for the (costly)
+    non-linear refit are the ``flagged`` beads and every bead whose misfit already drops by a
+    quarter of that with the step at its start position and only the linear parameters solved
+    (a cheap, liberal screen). Returns the fits of all beads in the edge layout (no step:
+    amplitude 0).
+    """
+    n = len(r.params)
+    p = np.zeros((n, NPAR_EDGE))
+    p[:, :NPAR] = r.params
+    cov, model, resid, chi2 = (x.copy() for x in (r.cov_uv, r.model, r.resid, r.chi2_red))
+    infl = max(float(rho.sum()), 1.0)
+    cost0 = r.chi2_red * np.maximum(r.npix - NPAR, 1)
+    q = _edge_start(r, data, inside, pu, pv, setup)
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    q = linear_init(q, data, w, pu, pv, cu, cv, setup)
+    m_lin = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
+    cost_lin = np.einsum("nij,nij->n", w, (data - m_lin) ** 2)
+    screen = (cost0 - cost_lin) / (np.maximum(r.chi2_red, 1e-300) * infl) > 0.25 * _EDGE_CHI2
+    idx = np.flatnonzero((flagged | screen) & (r.params[:, IA] > 0))
+    if idx.size:
+        e = fit(q[idx], data[idx], w[idx], pu[idx], pv[idx], setup, iterations=iterations,
+                rho=rho, fixed=fixed)
+        cost1 = e.chi2_red * np.maximum(e.npix - NPAR_EDGE, 1)
+        gain = (cost0[idx] - cost1) / (np.maximum(e.chi2_red, 1e-300) * infl)
+        ok = (gain > _EDGE_CHI2) & (e.params[:, IA] > 0) & np.isfinite(e.params).all(1)
+        k = idx[ok]
+        p[k], cov[k], model[k], resid[k], chi2[k] = (e.params[ok], e.cov_uv[ok], e.model[ok],
+                                                     e.resid[ok], e.chi2_red[ok])
+    return FitResult(params=p, cov_uv=cov, resid=resid, model=model, chi2_red=chi2,
+                     npix=r.npix)
 
 
 def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndarray,
@@ -305,7 +433,13 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     rho, s_det = noise_correlation(work)
     r = fit(p, data, w, pu, pv, setup, iterations=max(4, opts.iterations // 2), rho=rho,
             init_linear=False, fixed=fx)
-    p, cov, chi2 = r.params, r.cov_uv, r.chi2_red
+    # structure next to the bead (implant or bone edge): flagged from the plain fit, then such
+    # beads are refitted with a straight blurred step in their background
+    near_edge = _structure(r, inside, w, pu, pv, setup, opts)[0]
+    r = _edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations)
+    # a bead whose background needed the step is next to an edge
+    near_edge |= r.params[:, IEA] != 0.0
+    p, cov = r.params, r.cov_uv
     uv = p[:, [IU, IV]].copy()
     if np.tanh(p[0, ILC]) > 0.5:
         # Detector blur acts on the quanta *after* the anatomy has attenuated them, i.e. on the
@@ -313,28 +447,12 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         # bead blurred and shifted by σ_d²·a (exponential tilting of a Gaussian). In a log
         # display a = ∇(background)/gain; σ_d is the detector blur seen in the noise
         # correlation. Undo the shift.
-        grad = p[:, [IBU, IBV]] / p[:, IA, None]
+        grad = p[:, [IBU, IBV]] / np.where(p[:, IA] != 0, p[:, IA], np.inf)[:, None]
         uv -= s_det ** 2 * grad
-    noise = np.sqrt(chi2)   # background pixel noise (relative variance 1 there)
-    # misfit over the bead's own disc (anatomy structure elsewhere in the window does not count),
-    # relative to the whole-window noise level: an implant edge across the bead shows here
-    du = pu[:, None, :] - p[:, IU, None, None]
-    dv = pv[:, :, None] - p[:, IV, None, None]
-    rr = np.hypot(du, dv)
-    disc = (rr <= _radius(p)[:, None, None] + 1.0) & (inside > 0)
-    ring = (rr > _radius(p)[:, None, None] + 2.5 * np.exp(p[:, ILS, None, None])) & (inside > 0)
-    z2 = r.resid ** 2 * w * _taper(p, pu, pv)      # whitened, without the taper's down-weighting
-    chi2_disc = (z2 * disc).sum(axis=(1, 2)) / np.maximum(disc.sum(axis=(1, 2)), 1) / chi2
-    chi2_ring = (z2 * ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1) / chi2
-    # background change across the bead (fitted quadratic) relative to the bead's contrast
-    bg = background(p, du + (p[:, IU] - pu[:, setup.half])[:, None, None],
-                    dv + (p[:, IV] - pv[:, setup.half])[:, None, None])
-    bg_span = np.where(disc, bg, -np.inf).max(axis=(1, 2)) - np.where(disc, bg, np.inf).min(
-        axis=(1, 2))
-    chi2 = chi2_disc
+    noise = np.sqrt(r.chi2_red)   # background pixel noise (relative variance 1 there)
+    _, chi2, chi2_ring = _structure(r, inside, w, pu, pv, setup, opts)
     rad = _radius(p)
-    c_img = _contrast(r.model, p, pu, pv)
-    contrast = c_img * scale
+    contrast = _contrast(r.model, p, pu, pv) * scale
     # SNR in the transmission domain (independent of the display): blocked fraction at the
     # peak times the amplitude (quanta of the background in a linear display, the display gain
     # per unit ln-attenuation in a log display), over the background pixel noise
@@ -345,22 +463,6 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     sig = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None) * birge[:, None]
                   + opts.model_error_px ** 2)
     H, Wd = work.shape
-    # structure next to the bead (implant or bone edge): the residual variance around it
-    # differs strongly between directions (8 sectors of ≈ 50–100 pixels: pure noise keeps
-    # their ratio below ≈ 2.5)
-    sector = (np.floor((np.arctan2(dv, du) + np.pi) / (np.pi / 4)).astype(int) % 8)
-    ring_f = ring.astype(float)
-    num = np.stack([(z2 * ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
-    cnt = np.stack([(ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
-    sec = num / np.maximum(cnt, 1.0)
-    has = cnt > 8
-    # ratio of the largest to the smallest sector variance; 1 (isotropic) when no sector has
-    # enough pixels (a bead at the image border), instead of −inf/inf = NaN with a warning
-    hi = np.where(has, sec, 0.0).max(1)
-    lo = np.where(has, sec, np.inf).min(1)
-    anis = np.where(has.any(1), hi / np.maximum(np.where(np.isfinite(lo), lo, 1.0), 1e-300), 1.0)
-    near_edge = ((bg_span > opts.edge_ratio * np.abs(c_img)) | (anis > opts.edge_anisotropy)
-                 | (chi2_ring > opts.max_chi2 * np.median(chi2_ring)))
     occluded = (chi2 > opts.max_chi2) | distorted
     clipped = ((uv[:, 0] - rad < -0.5) | (uv[:, 1] - rad < -0.5)
                | (uv[:, 0] + rad > Wd - 0.5) | (uv[:, 1] + rad > H - 0.5))

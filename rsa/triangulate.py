@@ -448,11 +448,15 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
 
     Notes
     -----
-    The (nA, nB) CLE matrix is gated (entries above the gate or NaN get a cost larger than any
-    sum of admissible costs) and solved with :func:`scipy.optimize.linear_sum_assignment`; pairs
-    with inadmissible cost are dropped. The result therefore has the largest possible number of
-    admissible pairs and, among those, the least total CLE. Rays seen in one view only stay
-    unmatched.
+    Global nearest-neighbour association: the pairing minimises the sum of squared CLE over
+    the pairs plus ``gate²/2`` for every ray left unmatched (the negative log-likelihood of
+    Gaussian crossing-line errors against clutter spread over the gate), solved exactly as one
+    augmented assignment problem with :func:`scipy.optimize.linear_sum_assignment`. A pair is
+    therefore made only when its CLE is below the gate, and breaking up a clean pair to make
+    room for pairs of clutter costs their squared CLE: it happens only for clutter crossing
+    both freed rays well inside the gate (2·CLE² < gate²). The earlier rule, the largest number
+    of admissible pairs, swapped two beads of one epipolar plane whenever that let a spurious
+    detection pair up as well. Rays seen in one view only stay unmatched.
 
     Two beads lying in the same epipolar plane (the plane through both foci) project to rays
     that are all coplanar, so the wrong pairings also have CLE ≈ 0 ([1]_ §9.1). Such
@@ -481,10 +485,18 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
     pairs = np.zeros((0, 2), dtype=np.intp)
     if rows.size and cols.size:
         sub_ok = ok[np.ix_(rows, cols)]
-        k = min(rows.size, cols.size)
-        big = 2.0 * (k + 1) * max(gate, 1e-300) + 1.0
-        cost = np.where(sub_ok, cle[np.ix_(rows, cols)], big)
+        n, m = rows.size, cols.size
+        g2 = max(gate, 1e-12) ** 2
+        big = 4.0 * (n + m + 1) * g2 + 1.0
+        # augmented problem: pair costs CLE², each ray may stay unmatched at g²/2
+        cost = np.full((n + m, m + n), big)
+        cost[:n, :m] = np.where(sub_ok, cle[np.ix_(rows, cols)] ** 2, big)
+        cost[np.arange(n), m + np.arange(n)] = 0.5 * g2
+        cost[n + np.arange(m), np.arange(m)] = 0.5 * g2
+        cost[n:, m:] = 0.0
         r, c = linear_sum_assignment(cost)
+        sel = (r < n) & (c < m)
+        r, c = r[sel], c[sel]
         keep = sub_ok[r, c]
         pairs = np.column_stack([rows[r[keep]], cols[c[keep]]]).astype(np.intp)
     i, j = pairs[:, 0], pairs[:, 1]

@@ -444,6 +444,40 @@ def test_match_rays_respects_gate(rng):
     assert all(c == 0.0 for c in none.cle_mm)
 
 
+def test_match_rays_does_not_break_a_clean_pair_for_clutter(rng):
+    """One spurious ray per view, each crossing a ray of bead 0 at 0.4 mm (inside the gate).
+
+    Pairing bead 0's rays with the two spurious ones gives one more admissible pair than the
+    true pairing (the old largest-cardinality rule took it and lost bead 0); the likelihood
+    rule pays 2·0.4² = 0.32 mm² for that against 2·gate²/2 = 0.25 mm² for two unmatched rays,
+    and keeps bead 0.
+    """
+    x = random_beads(rng, 6)
+    oa, da = VA.rays(VA.project(x))
+    ob, db = VB.rays(VB.project(x))
+
+    def crossing(focus, o, d, depth):
+        """A ray from ``focus`` passing 0.4 mm from the ray (o, d) at ``depth`` along it."""
+        q = o + depth * d
+        r0 = unit(q - focus)
+        return focus, unit(q + 0.4 * unit(np.cross(d, r0)) - focus)
+
+    fa_o, fa_d = crossing(VA.focus_mm, ob[0], db[0], np.linalg.norm(x[0] - ob[0]) - 25.0)
+    fb_o, fb_d = crossing(VB.focus_mm, oa[0], da[0], np.linalg.norm(x[0] - oa[0]) + 25.0)
+    oa2, da2 = np.vstack([oa, fa_o]), np.vstack([da, fa_d])
+    ob2, db2 = np.vstack([ob, fb_o]), np.vstack([db, fb_d])
+    cle = cle_matrix(oa2, da2, ob2, db2)
+    # preconditions on the scene: both clutter crossings inside the gate near 0.4 mm, the
+    # clutter rays do not pair with each other or with the other beads
+    assert 0.36 < cle[6, 0] < 0.44
+    assert 0.36 < cle[0, 6] < 0.44
+    assert cle[6, 6] > 0.5
+    assert np.all(cle[6, 1:6] > 0.5)
+    assert np.all(cle[1:6, 6] > 0.5)
+    result = match_rays(oa2, da2, ob2, db2, gate_mm=0.5)
+    assert {tuple(int(v) for v in p) for p in result.pairs} == {(k, k) for k in range(6)}
+
+
 def test_match_rays_flags_epipolar_ambiguity(rng):
     """Two beads on one epipolar plane: all four rays coplanar, both pairings have CLE ≈ 0."""
     p = np.array([5.0, 10.0, 150.0])
