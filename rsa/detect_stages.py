@@ -18,7 +18,10 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    blur, from the noise itself), scaled per bead by its reduced χ² and the misfit around it,
    plus a model-error floor; correction of the shift that the detector blur causes on a
    background gradient (log display);
-7. quality flags.
+7. beads with structure next to them (flagged, or screened by a cheap linear fit) are refitted
+   with a blurred straight step in the background, kept where χ² drops by more than noise
+   could (:func:`_edge_refit`);
+8. quality flags.
 
 Weights are always symmetric about the current centre (functions of the bead model), so they
 cannot bias the centre.
