@@ -1,0 +1,226 @@
+"""Beads on a sharp straight edge (implant plate) against the physical renderer as ground truth.
+
+Regression test of the straight blurred-step background term of the bead fit
+(``rsa.detect_refine.edge_profile``, ``rsa.detect_stages._edge_refit``). Without it, a bead on
+or next to an implant or cortical edge is fitted with a quadratic background and pulled by
+0.1–2 px perpendicular to the edge.
+
+Scene (rendered by :func:`rsa.synthetic.render.render_view`: exact sphere chords, 8×8
+sub-sampling, focal-spot blur, Poisson quanta, detector blur σ = 0.6 px, read-out noise, 14-bit
+log display): a 400×400 view with 0.143 mm pixels at normal incidence (focus 1500 mm from the
+detector), 120 mm of soft tissue (water) everywhere — 2·10⁴ quanta per pixel unattenuated, so
+≈ 1700 behind the tissue — and a titanium plate 4 mm thick covering a half-plane whose straight
+edge runs at 20° to the pixel columns through a point off the pixel grid, focal-blurred at
+magnification 1.3. The plate absorbs 75 % of the beam (step of 1.39 in ln-attenuation, ≈ 2000
+display units); 17 tantalum beads (0.8 / 1.0 mm, magnification 1.25–1.36, radius 3.5–4.7 px):
+13 along the edge with their centres at signed distances of −1 to +1 bead radius from the edge
+line (negative = behind the plate), 4 controls 45–60 px from it (two on each side). The plate is
+added as the renderer's background term (``anatomy_attenuation`` patched for the render), so it
+goes through the same Beer–Lambert, noise and display chain as everything else.
+
+A bead's contrast in the log display is its own ln-attenuation (≈ 3.5–6 at the blurred peak,
+5000–8900 display units here), whatever lies behind it; a step several times larger would leave
+< 1 quantum behind the plate. Stronger steps than this one start to lose beads (10 seeds each):
+with a 5.75 mm plate (step 2.0) 1–2 of the 13 edge beads are lost in 3 seeds, with 8 mm (step
+2.8) 1–3 in 9 seeds (the one case examined: the first, quadratic-background pass drifts > 3 px
+and the drift test rejects the bead before the edge refit sees it).
+
+Tolerances, from the noise: ``sigma_px`` of these beads is 0.01–0.02 px per axis (its
+calibration against truth is tested in tests/test_detect.py; here the control beads check it
+again), so noise alone gives an RMS centre error of ≈ 0.02 px. The RMS bound of 0.1 px (5× that)
+leaves room only for a bias well below the 0.47–0.80 px RMS of the quadratic background. Per
+bead, each axis must be within max(4σ, 0.05 px): Gaussian noise exceeds 4σ with probability
+6·10⁻⁵ per axis; the 0.05 px floor allows a small model error.
+
+Measured (seed 0). "Without" replaces ``_edge_refit`` by the plain fit in the edge layout (step
+amplitude 0); the detector before the step term (commit 6c26a98) gives the same numbers on the
+same images (checked for 10 seeds):
+
+===========================  ==========================  =====================================
+13 beads on the edge         with the step term          without it
+===========================  ==========================  =====================================
+within 1 px of the truth     13 / 13                     11 / 13 (two 1.06 and 1.09 px off)
+RMS error                    0.053 px                    0.66 px
+largest error                0.10 px                     1.09 px
+beyond max(4σ, 0.05 px)      3 (up to 1.42 × the bound)  9 (with σ up to 0.24 px)
+===========================  ==========================  =====================================
+
+Over seeds 0–9: RMS 0.050–0.064 px with, 0.47–0.80 px without the step term; all 13 found
+and flagged ``near_edge`` with it; the 4 controls within max(4σ, 0.05 px) (≤ 0.6 × the bound).
+
+Known limitation (the per-bead test is an expected failure, strict, so that it fails loudly once
+fixed): the refitted beads keep a bias perpendicular to the edge, towards the plate, of
+≈ 0.03 px per unit ln-attenuation step (mean over the 13 beads and 10 seeds: 0.008 px at step
+0.3, 0.016 at 0.6, 0.029 at 1.0, 0.046 at 1.39, 0.067 at 2.0; unchanged at 10× and 100× the
+dose; ≈ 0.002 px when the renderer has no detector blur). The detector blurs the quanta *after*
+the plate has attenuated them, so in the log display bead and step do not add as the step term
+assumes, and the blur-tilt correction (``uv -= s_det² · grad``) uses only the plane gradient of
+the background. ``sigma_px`` does not include this bias: at this step 2–8 of the 13 beads exceed
+max(4σ, 0.05 px) in every one of seeds 0–9 (worst 1.34–1.67 × the bound), at step 1.0 in 7 of
+10 seeds, at step 0.6 (10 mm cortical bone) in 2 of 10 (≤ 1.16 ×), at step 0.3 in none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+from scipy.special import ndtr
+
+import rsa.detect_stages
+import rsa.synthetic.render
+from rsa.detect import Beads2D, DetectOptions, detect_beads
+from rsa.detect_refine import NPAR, NPAR_EDGE
+from rsa.synthetic.geometry import look_at_view
+from rsa.synthetic.materials import MU_TITANIUM_PER_MM, MU_WATER_PER_MM
+from rsa.synthetic.render import RenderOptions, render_view
+
+SEED = 0
+SPACING = 0.143
+SHAPE = (400, 400)
+FOCUS_MM = 1500.0
+TISSUE_MM = 120.0
+PLATE_MM = 4.0
+PLATE_M = 1.3               # magnification of the plate (sets its focal blur)
+ANGLE_DEG = 20.0            # edge direction from the pixel columns
+N_EDGE = 13                 # beads along the edge; the rest are controls
+RMS_BOUND = 0.1             # px
+OPTIONS = DetectOptions(polarity="bright")
+
+
+def _edge_frame():
+    """A point on the edge line (px, off the pixel grid), its unit normal (plate where n·x < 0)
+    and its unit direction."""
+    a = np.deg2rad(ANGLE_DEG)
+    x0 = np.array([(SHAPE[1] - 1) / 2 + 3.3, (SHAPE[0] - 1) / 2 - 1.7])
+    return x0, np.array([np.cos(a), -np.sin(a)]), np.array([np.sin(a), np.cos(a)])
+
+
+def _plate_attenuation(options: RenderOptions) -> np.ndarray:
+    """Attenuation ``Σ μ·L`` (rows, cols) of the tissue and the plate, as the renderer forms a
+    capsule's: transmission focal-blurred (a straight edge blurred by a Gaussian is Φ of the
+    distance), averaged over s×s sub-samples per pixel, then −log."""
+    rows, cols = SHAPE
+    x0, n, _ = _edge_frame()
+    sigma = options.focal_spot_mm / (2 * np.sqrt(2 * np.log(2))) * (PLATE_M - 1) / SPACING
+    s = options.supersample
+    sub = (np.arange(s) + 0.5) / s - 0.5
+    v, u = np.mgrid[0:rows, 0:cols].astype(float)
+    blocked = -np.expm1(-MU_TITANIUM_PER_MM * PLATE_MM)
+    trans = np.zeros(SHAPE)
+    for du in sub:
+        for dv in sub:
+            dist = n[0] * (u + du - x0[0]) + n[1] * (v + dv - x0[1])
+            trans += 1.0 - blocked * ndtr(-dist / sigma)
+    trans /= s * s
+    return (MU_WATER_PER_MM * TISSUE_MM - np.log(trans)).astype(np.float32)
+
+
+def _scene(seed: int):
+    """Rendered view, truth centres, signed distance of each to the edge line (px) and radius."""
+    rng = np.random.default_rng(seed)
+    view = look_at_view(focus_mm=[0.0, 0.0, FOCUS_MM], detector_centre_mm=[0, 0, 0],
+                        up=[0, 1, 0], pixel_spacing_mm=SPACING, shape=SHAPE)
+    x0, n, t = _edge_frame()
+    nb = N_EDGE + 4
+    depth = rng.uniform(300.0, 400.0, nb)           # magnification 1.25–1.36
+    radii = rng.choice([0.4, 0.5], nb)
+    r_px = radii * FOCUS_MM / (FOCUS_MM - depth) / SPACING
+    along = np.linspace(-165.0, 165.0, N_EDGE) + rng.uniform(-2.0, 2.0, N_EDGE)
+    across = np.linspace(-1.0, 1.0, N_EDGE) * r_px[:N_EDGE]
+    along = np.concatenate([along, [-90.0, 80.0, -80.0, 90.0]])
+    across = np.concatenate([across, [-45.0, -60.0, 45.0, 60.0]])
+    uv = x0 + along[:, None] * t + across[:, None] * n
+    o, d = view.rays(uv)
+    centres = o + ((depth - o[:, 2]) / d[:, 2])[:, None] * d
+    opts = RenderOptions(photons_per_pixel=2.0e4, supersample=8, background=True)
+    att = _plate_attenuation(opts)
+    with pytest.MonkeyPatch.context() as mp:   # the plate and tissue replace the limb anatomy
+        mp.setattr(rsa.synthetic.render, "anatomy_attenuation", lambda *a, **k: att.copy())
+        rv = render_view(view, centres, radii, options=opts, rng=seed)
+    assert not rv.hidden.any()
+    assert not rv.clipped.any()
+    return rv, (rv.uv_px - x0) @ n, radii * view.magnification(centres) / SPACING
+
+
+def _without_edge_refit(r, *args, **kwargs):
+    """Stand-in for ``_edge_refit``: the plain fit in the edge layout, step amplitude 0."""
+    p = np.zeros((len(r.params), NPAR_EDGE))
+    p[:, :NPAR] = r.params
+    return dataclasses.replace(r, params=p)
+
+
+def _errors(beads: Beads2D, uv_true: np.ndarray):
+    """Nearest detection to each true centre: distance, index, error (detected − true)."""
+    d, j = cKDTree(beads.uv_px).query(uv_true)
+    return d, j, beads.uv_px[j] - uv_true
+
+
+@pytest.fixture(scope="module")
+def edge_scene():
+    rv, dist, r_px = _scene(SEED)
+    beads = detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rsa.detect_stages, "_edge_refit", _without_edge_refit)
+        plain = detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
+    near = np.arange(len(dist)) < N_EDGE
+    return rv, dist, r_px, near, beads, plain
+
+
+def test_scene_layout(edge_scene):
+    _, dist, r_px, near, _, _ = edge_scene
+    assert np.all(np.abs(dist[near]) <= r_px[near] + 1e-9)
+    assert np.ptp(dist[near] / r_px[near]) == pytest.approx(2.0)
+    assert np.all(np.abs(dist[~near]) >= 10 * r_px[~near])
+
+
+def test_every_bead_found_no_false_detection(edge_scene):
+    rv, _, _, _, beads, _ = edge_scene
+    d, _, _ = _errors(beads, rv.uv_px)
+    assert np.all(d < 1.0), d
+    # every detection is one of the beads (no edge fragment accepted as a bead)
+    d_false, _ = cKDTree(rv.uv_px).query(beads.uv_px)
+    assert np.all(d_false < 1.0), beads.uv_px[d_false >= 1.0]
+
+
+def test_edge_beads_flagged(edge_scene):
+    rv, dist, r_px, near, beads, _ = edge_scene
+    _, j, _ = _errors(beads, rv.uv_px)
+    assert beads.near_edge[j[near]].all(), (dist / r_px)[near][~beads.near_edge[j[near]]]
+
+
+def test_edge_beads_rms(edge_scene):
+    rv, _, _, near, beads, _ = edge_scene
+    _, _, err = _errors(beads, rv.uv_px)
+    rms = np.sqrt(np.mean(np.sum(err[near] ** 2, axis=1)))
+    assert rms <= RMS_BOUND, rms
+
+
+def test_control_beads_within_their_uncertainty(edge_scene):
+    # away from the edge the bound holds: the reported sigma describes this image's noise
+    rv, _, _, near, beads, _ = edge_scene
+    _, j, err = _errors(beads, rv.uv_px)
+    bound = np.maximum(4.0 * beads.sigma_px[j[~near]], 0.05)
+    assert np.all(np.abs(err[~near]) <= bound), (err[~near], bound)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bias ≈ 0.03 px per unit ln-attenuation step towards the plate, from the detector blur "
+    "acting on the quanta after the step (not modelled by the additive step term); sigma_px "
+    "does not include it: 3 of 13 beads exceed max(4σ, 0.05 px), up to 1.42× (module doc)"))
+def test_edge_beads_within_their_uncertainty(edge_scene):
+    rv, dist, r_px, near, beads, _ = edge_scene
+    _, j, err = _errors(beads, rv.uv_px)
+    bound = np.maximum(4.0 * beads.sigma_px[j[near]], 0.05)
+    bad = np.any(np.abs(err[near]) > bound, axis=1)
+    assert not bad.any(), ((dist / r_px)[near][bad], err[near][bad], bound[bad])
+
+
+def test_bound_fails_without_edge_refit(edge_scene):
+    # the same bound on the same image with the step term switched off: the test can fail
+    rv, _, _, near, _, plain = edge_scene
+    _, _, err = _errors(plain, rv.uv_px)
+    rms = np.sqrt(np.mean(np.sum(err[near] ** 2, axis=1)))
+    assert rms > RMS_BOUND, rms
