@@ -15,7 +15,8 @@ a CoCr stem, limb anatomy and the physical noise model of :mod:`rsa.synthetic.re
   ``Jᵀ C⁻¹ J`` with J the derivative of the noise-free expected image (finite differences of
   :func:`rsa.synthetic.render.render_expected` with the beads moved ±δ) and C the pixel
   covariance of the renderer's noise model — Poisson quanta spread by the detector blur plus
-  read-out noise, through the log display (delta method), plus rounding — in a 21×21 window.
+  read-out noise, through the log display (delta method), plus rounding — in a 21×21 window
+  (``benchmarks/_crlb.py``, shared with ``bench_precision.py``).
 
 Truth match within 1 px; accuracy over "clear" beads (not hidden, not clipped, no implant on or
 within 2 px of the disc). Checks (exit status 1 if any fails): time ≤ 0.5 s, ≥ 5× faster than
@@ -31,6 +32,7 @@ import warnings
 
 import cv2
 import numpy as np
+from _crlb import crlb
 from scipy.spatial import cKDTree
 
 from rsa.cage import load_cage
@@ -39,7 +41,6 @@ from rsa.synthetic.geometry import look_at_view
 from rsa.synthetic.render import (
     Capsule,
     RenderOptions,
-    display_scale,
     render_expected,
     render_view,
 )
@@ -76,53 +77,6 @@ def clear_beads(view, centres, radii, stem, rv):
     u = np.clip(np.rint(rv.uv_px[:, 0]).astype(int), 0, SHAPE[1] - 1)
     v = np.clip(np.rint(rv.uv_px[:, 1]).astype(int), 0, SHAPE[0] - 1)
     return ~rv.hidden & ~rv.clipped & (dist[v, u] > r_px + 1.0)
-
-
-def crlb(view, centres, radii, stem, opts, rv, which, half=10):
-    """Per-bead Cramér–Rao bound (σ_u, σ_v) in px for beads ``which`` (see module doc)."""
-    e_opts = RenderOptions(photons_per_pixel=opts.photons_per_pixel, bit_depth=opts.bit_depth,
-                           supersample=opts.supersample, noise=False)
-    base = render_expected(view, centres, radii, capsules=stem, options=e_opts)
-    k = display_scale(e_opts)[1]
-    # move every bead by ±δ mm along the detector axes; map to px with the exact projection
-    d_mm = 0.002
-    J = {}
-    duv = {}
-    for ax, vec in (("u", view.u_axis), ("v", view.v_axis)):
-        plus = render_expected(view, centres + d_mm * vec, radii, capsules=stem,
-                               options=e_opts).display
-        minus = render_expected(view, centres - d_mm * vec, radii, capsules=stem,
-                                options=e_opts).display
-        J[ax] = (plus - minus) / 2.0
-        duv[ax] = (view.project(centres + d_mm * vec) - view.project(centres - d_mm * vec)) / 2
-    # noise covariance in a (2h+1)² window: S = G·Poisson(I) + e·N, D = k ln(2I0/S)
-    sig = opts.detector_blur_px
-    g1 = cv2.getGaussianKernel(2 * int(np.ceil(4 * sig)) + 1, sig).ravel()
-    n = 2 * half + 1
-    m = g1.size // 2
-    G1 = np.zeros((n, n + 2 * m))
-    for i in range(n):
-        G1[i, i:i + g1.size] = g1
-    out = np.full((len(centres), 2), np.nan)
-    for b in np.flatnonzero(which):   # one 441×441 solve per bead (benchmark-side truth)
-        u0, v0 = np.rint(rv.uv_px[b]).astype(int)
-        if not (half + m <= u0 < SHAPE[1] - half - m and half + m <= v0 < SHAPE[0] - half - m):
-            continue
-        big = (slice(v0 - half - m, v0 + half + m + 1), slice(u0 - half - m, u0 + half + m + 1))
-        win = (slice(v0 - half, v0 + half + 1), slice(u0 - half, u0 + half + 1))
-        # the expected quanta before the detector blur are not returned; the blurred ones differ
-        # from them by O(σ²∇²I), negligible in the variance
-        Iq = base.quanta[big].ravel()
-        G = np.kron(G1, G1)
-        cov_s = (G * Iq) @ G.T + opts.electronic_noise ** 2 * np.eye(n * n)
-        s = np.maximum(base.quanta[win].ravel(), 0.5)
-        C = (k / s)[:, None] * cov_s * (k / s)[None, :] + np.eye(n * n) / 12.0
-        A = np.stack([J["u"][win].ravel(), J["v"][win].ravel()], 1)   # per δ mm
-        M = np.stack([duv["u"][b], duv["v"][b]], 1)                   # px per δ mm (2×2)
-        Jpx = A @ np.linalg.inv(M)                                     # ∂D/∂(u, v)
-        F = Jpx.T @ np.linalg.solve(C, Jpx)
-        out[b] = np.sqrt(np.diag(np.linalg.inv(F)))
-    return out
 
 
 def match(found_uv, truth_uv, clear):
@@ -231,7 +185,7 @@ def main(quick: bool = False) -> int:
         uv_sk, t_sk = run_skimage(img, r_lo, r_hi, truth, clear)
         res["skimage blob_log+centroid"] = (score(uv_sk, truth, clear), t_sk)
     s0 = res["rsa.detect"][0]
-    bound = crlb(view, centres, radii, stem, opts, rv, s0["ok"])
+    bound = crlb(view, centres, radii, stem, opts, rv.uv_px, s0["ok"])
     crlb_rms = np.sqrt(np.nanmean(bound[s0["ok"]] ** 2, axis=0))
     snr = beads.snr
     print(f"Image {SHAPE[0]}×{SHAPE[1]} uint16, {SPACING} mm px, {len(centres)} beads "

@@ -1,0 +1,77 @@
+"""Cramér–Rao lower bound of bead centres in a simulated radiograph (shared by the benchmarks).
+
+Fisher information ``Jᵀ C⁻¹ J`` per bead, in a (2h+1)² pixel window around its exact projection:
+J is the derivative of the noise-free expected display image with respect to the bead's image
+centre (finite differences of :func:`rsa.synthetic.render.render_expected` with the beads moved
+±δ along the detector axes, mapped to px with the exact projection), C the pixel covariance of the
+renderer's noise model — Poisson quanta spread by the detector blur plus read-out noise, through
+the log display (delta method), plus rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from rsa.synthetic.render import display_scale, render_expected
+
+
+def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None):
+    """Per-bead Cramér–Rao bound (σ_u, σ_v) in px for beads ``which`` (see module doc).
+
+    ``opts`` are the render options of the noisy image (its noise model is used; the expected
+    image is rendered with the same options and ``noise=False``); ``uv_px`` the exact projections
+    of ``centres``; ``move`` (bool mask, default all) the beads displaced for the derivatives.
+    Beads whose window (plus the detector-blur margin) leaves the image get NaN, beads without
+    information (singular Fisher matrix, e.g. behind metal) inf.
+    """
+    e_opts = replace(opts, noise=False)
+    rows, cols = view.shape
+    base = render_expected(view, centres, radii, capsules=capsules, options=e_opts)
+    k = display_scale(e_opts)[1]
+    mv = np.ones(len(centres), bool) if move is None else np.asarray(move, bool)
+    # move the beads by ±δ mm along the detector axes; map to px with the exact projection
+    d_mm = 0.002
+    J = {}
+    duv = {}
+    for ax, vec in (("u", view.u_axis), ("v", view.v_axis)):
+        step = d_mm * vec * mv[:, None]
+        plus = render_expected(view, centres + step, radii, capsules=capsules,
+                               options=e_opts).display
+        minus = render_expected(view, centres - step, radii, capsules=capsules,
+                                options=e_opts).display
+        J[ax] = (plus - minus) / 2.0
+        duv[ax] = (view.project(centres + d_mm * vec) - view.project(centres - d_mm * vec)) / 2
+    # noise covariance in a (2h+1)² window: S = G·Poisson(I) + e·N, D = k ln(2I0/S)
+    sig = opts.detector_blur_px
+    g1 = cv2.getGaussianKernel(2 * int(np.ceil(4 * sig)) + 1, sig).ravel()
+    n = 2 * half + 1
+    m = g1.size // 2
+    G1 = np.zeros((n, n + 2 * m))
+    for i in range(n):
+        G1[i, i:i + g1.size] = g1
+    G = np.kron(G1, G1)
+    out = np.full((len(centres), 2), np.nan)
+    for b in np.flatnonzero(which):   # one 441×441 solve per bead (benchmark-side truth)
+        u0, v0 = np.rint(uv_px[b]).astype(int)
+        if not (half + m <= u0 < cols - half - m and half + m <= v0 < rows - half - m):
+            continue
+        big = (slice(v0 - half - m, v0 + half + m + 1), slice(u0 - half - m, u0 + half + m + 1))
+        win = (slice(v0 - half, v0 + half + 1), slice(u0 - half, u0 + half + 1))
+        # the expected quanta before the detector blur are not returned; the blurred ones differ
+        # from them by O(σ²∇²I), negligible in the variance
+        Iq = base.quanta[big].ravel()
+        cov_s = (G * Iq) @ G.T + opts.electronic_noise ** 2 * np.eye(n * n)
+        s = np.maximum(base.quanta[win].ravel(), 0.5)
+        C = (k / s)[:, None] * cov_s * (k / s)[None, :] + np.eye(n * n) / 12.0
+        A = np.stack([J["u"][win].ravel(), J["v"][win].ravel()], 1)   # per δ mm
+        M = np.stack([duv["u"][b], duv["v"][b]], 1)                   # px per δ mm (2×2)
+        Jpx = A @ np.linalg.inv(M)                                     # ∂D/∂(u, v)
+        F = Jpx.T @ np.linalg.solve(C, Jpx)
+        try:
+            out[b] = np.sqrt(np.diag(np.linalg.inv(F)))
+        except np.linalg.LinAlgError:   # no information (e.g. bead behind metal)
+            out[b] = np.inf
+    return out
