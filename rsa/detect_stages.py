@@ -462,7 +462,9 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     snr = p[:, IA] * (1.0 - t.reshape(len(p), -1).min(1)) / noise
     # local misfit around the rim beyond the noise (anatomy edges, neighbours) inflates the
     # uncertainty (Birge ratio of the ring around the bead relative to the typical bead)
-    birge = np.maximum(1.0, chi2_ring / np.median(chi2_ring))
+    # and so does misfit on the bead's own disc (a merged or partly hidden bead): Birge ratio of
+    # the disc relative to the window
+    birge = np.maximum.reduce([np.ones(len(p)), chi2_ring / np.median(chi2_ring), chi2])
     sig = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None) * birge[:, None]
                   + opts.model_error_px ** 2)
     H, Wd = work.shape
