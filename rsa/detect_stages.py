@@ -55,6 +55,7 @@ from rsa.detect_refine import (
     NPAR_EDGE,
     FitResult,
     FitSetup,
+    _clip,
     background,
     fit,
     linear_init,
@@ -87,12 +88,16 @@ def _neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitS
     if len(pairs) == 0:
         return out
     i, j = pairs[:, 0], pairs[:, 1]
-    q = p[j].copy()
-    q[:, linear_params(q.shape[1])] = 0.0
-    q[:, IA] = p[j, IA]
-    m, _ = model_and_jacobian(q, pu[i], pv[i], pu[i, 0], pv[i, 0], setup, jac=False)
-    np.add.at(out, i, m)
+    np.add.at(out, i, _bead_model(p[j], pu[i], pv[i], setup))
     return out
+
+
+def _bead_model(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """The bead part of the model (no background) of beads ``p`` on windows pu, pv, (N, W, W)."""
+    q = p.copy()
+    q[:, linear_params(q.shape[1])] = 0.0
+    q[:, IA] = p[:, IA]
+    return model_and_jacobian(q, pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
 
 
 def _contrast(model: np.ndarray, p: np.ndarray, pu: np.ndarray, pv: np.ndarray) -> np.ndarray:
@@ -293,6 +298,184 @@ def _edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarra
                      npix=r.npix)
 
 
+# χ²(7 dof) exceeded with probability 0.001: a second bead (centre, radius, shape, amplitude)
+_SPLIT_CHI2 = 24.32
+
+
+_BEAD = (IU, IV, IR, IE1, IE2, ILS, IA)   # parameters of the second bead of a split pair
+
+
+def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+                setup: FitSetup, jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model of bead A with its background plus bead B (no background), and the Jacobian in
+    [all of A's parameters, B's bead parameters :data:`_BEAD`], (N, P + 7, W, W)."""
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    ma, ja = model_and_jacobian(pa, pu, pv, cu, cv, setup, jac=jac)
+    q = pb.copy()
+    q[:, linear_params(q.shape[1])] = 0.0
+    q[:, IA] = pb[:, IA]
+    mb, jb = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=jac)
+    if not jac:
+        return ma + mb, None
+    return ma + mb, np.concatenate([ja, jb[:, list(_BEAD)]], axis=1)
+
+
+def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
+              pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
+              iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Levenberg–Marquardt fit of two beads sharing one window and background (batched).
+
+    Returns both parameter sets, the weighted cost and the (N, 4, 4) inverse normal matrix of
+    the two centres (uA, vA, uB, vB), unscaled.
+    """
+    npa = pa.shape[1]
+    n, k = len(pa), npa + len(_BEAD)
+    free = np.ones(k, bool)
+    free[list(fixed)] = False
+
+    def split(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = _clip(theta[:, :npa].copy(), setup)
+        b = theta[:, :npa].copy()
+        b[:, list(_BEAD)] = theta[:, npa:]
+        return a, _clip(b, setup)
+
+    theta = np.concatenate([pa, pb[:, list(_BEAD)]], axis=1)
+    m, J = _pair_model(*split(theta), pu, pv, setup, True)
+    J[:, ~free] = 0.0
+    r = data - m
+    cost = np.einsum("nij,nij->n", wts, r * r)
+    lam = np.full(n, 1e-3)
+    eye = np.eye(k)
+    sw = wts.reshape(n, 1, -1)
+    for _ in range(iterations):
+        Jf = J.reshape(n, k, -1).astype(np.float64)
+        H = (Jf * sw) @ np.swapaxes(Jf, 1, 2)
+        g = ((Jf * sw) @ r.reshape(n, -1, 1))[..., 0]
+        d = np.diagonal(H, axis1=1, axis2=2)
+        Hd = H + (lam[:, None] * d + 1e-12 * d.max(1, keepdims=True) + 1e-300
+                  + ~free)[:, :, None] * eye
+        step = np.linalg.solve(Hd, g[..., None])[..., 0]
+        a, b = split(theta + step)
+        mt, Jt = _pair_model(a, b, pu, pv, setup, True)
+        Jt[:, ~free] = 0.0
+        rt = data - mt
+        ct = np.einsum("nij,nij->n", wts, rt * rt)
+        ok = ct <= cost
+        theta[ok] = np.concatenate([a, b[:, list(_BEAD)]], axis=1)[ok]
+        J[ok], r[ok], cost[ok] = Jt[ok], rt[ok], ct[ok]
+        lam = np.where(ok, np.maximum(lam * 0.3, 1e-7), lam * 10.0)
+    Jf = J.reshape(n, k, -1).astype(np.float64)
+    H = (Jf * sw) @ np.swapaxes(Jf, 1, 2)
+    H += 1e-9 * eye * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1), 1e-300)[:, None, None]
+    Hinv = np.linalg.pinv(H, hermitian=True)
+    c = [IU, IV, npa, npa + 1]           # centres of A and B
+    a, b = split(theta)
+    return a, b, cost, Hinv[:, c][:, :, c]
+
+
+# χ²(7 dof) exceeded with probability 0.001: a second bead (centre, radius, shape, amplitude)
+_SPLIT_CHI2 = 24.32
+
+
+def _split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
+                  pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
+                  sel: np.ndarray, fixed: tuple[int, ...], iterations: int,
+                  variance: tuple[np.ndarray, np.ndarray], min_snr: float
+                  ) -> tuple[FitResult, np.ndarray, np.ndarray]:
+    """Two overlapping beads found as one candidate: split where two beads fit much better.
+
+    Beads whose centres lie within about a radius of each other leave one candidate; one bead
+    fitted to both sits between them (pixels off) with an elongated shape and misfit on its
+    disc. For the beads ``sel`` two beads sharing the window's background are fitted jointly
+    (:func:`_fit_pair`), started on the long axis of the fitted ellipse at several separations.
+    The pair is kept when the misfit drops by more than noise could (χ²₇ at p = 0.001, in units
+    of the pair's reduced χ² times the noise correlation's variance inflation) and both
+    amplitudes are those of a bead in this image (within 2× of the median: in a log display the
+    amplitude is the display gain, the same for every bead) and each passes the detector's SNR
+    test. The pixel weights are those of the
+    pair (transmission of both beads, taper around either). The centres' covariance is the
+    joint one, scaled by the reduced χ² and the noise correlation's variance inflation.
+
+    Returns the fits with the first bead of each split pair in place of the merged fit and the
+    second ones appended, the parent row of every appended bead, and the weights of all rows.
+    """
+    idx = np.flatnonzero(sel & (r.params[:, IA] > 0))
+    none = np.zeros(0, np.intp)
+    if idx.size == 0:
+        return r, none, w
+    knots, rel = variance
+    infl = max(float(rho.sum()), 1.0)
+    r_typ = float(np.sqrt(setup.r_min * setup.r_max))
+    a_typ = float(np.median(r.params[:, IA]))
+    p0 = r.params[idx]
+    dat, ins, u_, v_ = data[idx], inside[idx], pu[idx], pv[idx]
+    e1, e2 = p0[:, IE1], p0[:, IE2]
+    ang = 0.5 * np.arctan2(e2, e1) + 0.5 * np.pi     # long axis of Q = [[1+e1, e2], [e2, 1−e1]]
+    axis = np.column_stack([np.cos(ang), np.sin(ang)])
+    best = None
+    for frac in (0.35, 0.6, 0.9):
+        pa, pb = p0.copy(), p0.copy()
+        for q, sgn in ((pa, 1.0), (pb, -1.0)):
+            q[:, [IU, IV]] = p0[:, [IU, IV]] + sgn * frac * r_typ * axis
+            q[:, IR] = r_typ
+            q[:, IE1] = q[:, IE2] = 0.0
+            q[:, IA] = a_typ
+        for _ in range(2):      # weights of the current pair, then refit
+            t = np.clip(1.0 - _blocked(pa, u_, v_, setup) - _blocked(pb, u_, v_, setup),
+                        1e-6, 1.0)
+            wts = ins / (np.interp(t, knots, rel)
+                         * np.minimum(_taper(pa, u_, v_), _taper(pb, u_, v_)))
+            pa, pb, cost, hinv = _fit_pair(pa, pb, dat, wts, u_, v_, setup, fixed, iterations)
+        cost1 = np.einsum("nij,nij->n", wts, (dat - r.model[idx]) ** 2)
+        gain = (cost1 - cost) / np.maximum(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1)
+                                           * infl, 1e-300)
+        cand = (pa, pb, cost, hinv, wts, gain)
+        if best is None:
+            best = cand
+        else:
+            better = np.nan_to_num(gain, nan=-np.inf) > np.nan_to_num(best[5], nan=-np.inf)
+            best = tuple(np.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), y, x)
+                         for x, y in zip(best, cand, strict=True))
+    pa, pb, cost, hinv, wts, gain = best
+    # each bead of the pair must pass the detector's own SNR test (peak blocked fraction times
+    # amplitude over the pixel noise)
+    noise = np.sqrt(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1))
+    snr_a = pa[:, IA] * _blocked(pa, u_, v_, setup).reshape(len(idx), -1).max(1) / noise
+    snr_b = pb[:, IA] * _blocked(pb, u_, v_, setup).reshape(len(idx), -1).max(1) / noise
+    ok = ((gain > _SPLIT_CHI2) & np.isfinite(gain) & (pa[:, IA] > 0) & (pb[:, IA] > 0)
+          & (snr_a >= min_snr) & (snr_b >= min_snr)
+          # closer than half a radius, two beads are not identifiable against one bead of
+          # another size or shape (a cage marker larger than the radius bound splits in two)
+          & (np.hypot(*(pa[:, [IU, IV]] - pb[:, [IU, IV]]).T) >= 0.5 * r_typ)
+          & (np.abs(np.log(np.abs(pa[:, IA]) / a_typ)) < np.log(2.0))
+          & (np.abs(np.log(np.abs(pb[:, IA]) / a_typ)) < np.log(2.0)))
+    if not ok.any():
+        return r, none, w
+    k = idx[ok]
+    pa, pb, cost, hinv, wts = pa[ok], pb[ok], cost[ok], hinv[ok], wts[ok]
+    dat, u_, v_ = dat[ok], u_[ok], v_[ok]
+    npix = r.npix[k]
+    red = cost / np.maximum(npix - p0.shape[1] - 7, 1)
+    cov = hinv * (red * infl)[:, None, None]
+    ma = model_and_jacobian(pa, u_, v_, u_[:, setup.half], v_[:, setup.half], setup,
+                            jac=False)[0]
+    mb_bead = _bead_model(pb, u_, v_, setup)
+    ma_bead = _bead_model(pa, u_, v_, setup)
+    mb = ma - ma_bead + mb_bead                       # B with the shared background
+    resid = dat - ma - mb_bead
+    fields = {f: getattr(r, f).copy() for f in ("params", "cov_uv", "resid", "model", "chi2_red",
+                                                "npix")}
+    new = {"params": (pa, pb), "cov_uv": (cov[:, :2, :2], cov[:, 2:, 2:]),
+           "resid": (resid, resid), "model": (ma, mb), "chi2_red": (red, red),
+           "npix": (npix, npix)}
+    for name, (xa, xb) in new.items():
+        fields[name][k] = xa
+        fields[name] = np.concatenate([fields[name], xb])
+    w_all = w.copy()
+    w_all[k] = wts
+    w_all = np.concatenate([w_all, wts])
+    return FitResult(**fields), k, w_all
+
 def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndarray,
                       r_lo: float, r_hi: float, diam: np.ndarray, log_display: bool, opts: Any,
                       scale: float, cstep: float = 1.0) -> dict[str, np.ndarray]:
@@ -442,6 +625,25 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     r = _edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations)
     # a bead whose background needed the step is next to an edge
     near_edge |= r.params[:, IEA] != 0.0
+    # two overlapping beads seen as one: misfit on the disc or a distorted shape, away from
+    # structure (next to an edge the misfit may be the structure's, and a second bead is not
+    # identifiable against it)
+    _, chi2_disc, _ = _structure(r, inside, w, pu, pv, setup, opts)
+    merged = ~near_edge & (distorted | (chi2_disc > opts.max_chi2) | (
+        np.hypot(r.params[:, IE1], r.params[:, IE2]) > opts.max_ellipticity))
+    r, parent, w = _split_merged(r, data, inside, w, pu, pv, setup, rho, merged, fx,
+                                 opts.iterations, (knots, rel), opts.min_snr)
+    if parent.size:
+        n0 = len(cround)
+        rows = np.concatenate([np.arange(n0), parent])
+        pu, pv, inside, cround = pu[rows], pv[rows], inside[rows], cround[rows]
+        near_edge, distorted = near_edge[rows], distorted[rows]
+        t = 1.0 - _blocked(r.params, pu, pv, setup)
+        split = np.zeros(len(rows), bool)
+        split[parent] = True
+        split[n0:] = True
+        distorted = np.where(split, np.hypot(r.params[:, IE1], r.params[:, IE2])
+                             > opts.max_ellipticity, distorted)
     p, cov = r.params, r.cov_uv
     uv = p[:, [IU, IV]].copy()
     if np.tanh(p[0, ILC]) > 0.5:
