@@ -1,7 +1,7 @@
 """Beads on a sharp straight edge (implant plate) against the physical renderer as ground truth.
 
 Regression test of the straight blurred-step background term of the bead fit
-(``rsa.detect_refine.edge_profile``, ``rsa.detect_stages._edge_refit``). Without it, a bead on
+(``rsa.detect_refine.edge_profile``, ``rsa.detect_refits.edge_refit``). Without it, a bead on
 or next to an implant or cortical edge is fitted with a quadratic background and pulled by
 0.1–2 px perpendicular to the edge.
 
@@ -32,7 +32,7 @@ leaves room only for a bias well below the 0.47–0.80 px RMS of the quadratic b
 bead, each axis must be within max(4σ, 0.05 px): Gaussian noise exceeds 4σ with probability
 6·10⁻⁵ per axis; the 0.05 px floor allows a small model error.
 
-Measured (seed 0). "Without" replaces ``_edge_refit`` by the plain fit in the edge layout (step
+Measured (seed 0). "Without" replaces ``edge_refit`` by the plain fit in the edge layout (step
 amplitude 0); the detector before the step term (commit 6c26a98) gives the same numbers on the
 same images (checked for 10 seeds):
 
@@ -146,7 +146,7 @@ def _scene(seed: int):
 
 
 def _without_edge_refit(r, *args, **kwargs):
-    """Stand-in for ``_edge_refit``: the plain fit in the edge layout, step amplitude 0."""
+    """Stand-in for ``edge_refit``: the plain fit in the edge layout, step amplitude 0."""
     p = np.zeros((len(r.params), NPAR_EDGE))
     p[:, :NPAR] = r.params
     return dataclasses.replace(r, params=p)
@@ -163,7 +163,7 @@ def edge_scene():
     rv, dist, r_px = _scene(SEED)
     beads = detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rsa.detect_stages, "_edge_refit", _without_edge_refit)
+        mp.setattr(rsa.detect_stages, "edge_refit", _without_edge_refit)
         plain = detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
     near = np.arange(len(dist)) < N_EDGE
     return rv, dist, r_px, near, beads, plain

@@ -1,0 +1,379 @@
+"""Refits of beads that one bead on a quadratic background does not describe.
+
+Internal module of :mod:`rsa.detect` (used by :mod:`rsa.detect_stages`): evidence of structure
+next to a bead (:func:`structure`), the straight blurred-step background for a bead on an
+implant or bone edge (:func:`edge_refit`) and the joint two-bead fit for two overlapping beads
+found as one (:func:`split_merged`), plus the window-level model helpers both modules share.
+Each refit is kept only where a χ² test (p = 0.001) says the data need its extra parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rsa.detect_refine import (
+    IA,
+    IE1,
+    IE2,
+    IED,
+    IET,
+    IEW,
+    ILC,
+    ILS,
+    IR,
+    IU,
+    IV,
+    NPAR,
+    NPAR_EDGE,
+    FitResult,
+    FitSetup,
+    _clip,
+    background,
+    fit,
+    linear_init,
+    linear_params,
+    model_and_jacobian,
+)
+
+
+def bead_model(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """The bead part of the model (no background) of beads ``p`` on windows pu, pv, (N, W, W)."""
+    q = p.copy()
+    q[:, linear_params(q.shape[1])] = 0.0
+    q[:, IA] = p[:, IA]
+    return model_and_jacobian(q, pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
+
+
+def peak_contrast(model: np.ndarray, p: np.ndarray, pu: np.ndarray, pv: np.ndarray) -> np.ndarray:
+    """Peak of the fitted bead model above its background plane, (N,)."""
+    du = (pu - pu[:, pu.shape[1] // 2, None])[:, None, :]
+    dv = (pv - pv[:, pv.shape[1] // 2, None])[:, :, None]
+    bg = background(p, du, dv)
+    return (model - bg).reshape(len(p), -1).max(1)
+
+
+def mean_radius(p: np.ndarray) -> np.ndarray:
+    """Geometric-mean radius of the fitted ellipse."""
+    e2 = p[:, IE1] ** 2 + p[:, IE2] ** 2
+    return p[:, IR] / np.sqrt(np.sqrt(np.clip(1.0 - e2, 1e-6, None)))
+
+
+def blocked(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Blurred blocked fraction B (N, W, W) of each bead model (no display, no background)."""
+    q = p.copy()
+    q[:, linear_params(q.shape[1])] = 0.0
+    q[:, IA] = 1.0
+    q[:, ILC] = 0.0
+    return model_and_jacobian(q, pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
+
+
+def taper(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, width: float = 3.0) -> np.ndarray:
+    """Variance inflation of background pixels beyond the blurred rim, (N, W, W).
+
+    Those pixels only fix the local background; far ones would let anatomy structure leak into
+    the fit. Symmetric about the current centre, so it cannot bias it.
+    """
+    du = pu[:, None, :] - p[:, IU, None, None]
+    dv = pv[:, :, None] - p[:, IV, None, None]
+    edge = (mean_radius(p) + 2.5 * np.exp(p[:, ILS]))[:, None, None]
+    beyond = np.clip(np.hypot(du, dv) - edge, 0.0, None)
+    return np.exp(np.minimum(0.5 * (beyond / width) ** 2, 60.0))
+
+
+def structure(r: FitResult, inside: np.ndarray, w: np.ndarray, pu: np.ndarray,
+               pv: np.ndarray, setup: FitSetup, opts: Any
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evidence of structure (implant or bone edge) next to each fitted bead.
+
+    Returns ``near_edge`` (N,) and the reduced χ² over the bead's disc and over the ring
+    around it, both relative to the whole window's (background noise) level.
+    """
+    p = r.params
+    chi2 = r.chi2_red
+    # misfit over the bead's own disc (anatomy structure elsewhere in the window does not
+    # count), relative to the whole-window noise level: an implant edge across the bead
+    du = pu[:, None, :] - p[:, IU, None, None]
+    dv = pv[:, :, None] - p[:, IV, None, None]
+    rr = np.hypot(du, dv)
+    disc = (rr <= mean_radius(p)[:, None, None] + 1.0) & (inside > 0)
+    ring = (rr > mean_radius(p)[:, None, None] + 2.5 * np.exp(p[:, ILS, None, None])) & (inside > 0)
+    z2 = r.resid ** 2 * w * taper(p, pu, pv)      # whitened, without the taper's down-weighting
+    chi2_disc = (z2 * disc).sum(axis=(1, 2)) / np.maximum(disc.sum(axis=(1, 2)), 1) / chi2
+    chi2_ring = (z2 * ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1) / chi2
+    # background change across the bead (fitted) relative to the bead's contrast
+    bg = background(p, du + (p[:, IU] - pu[:, setup.half])[:, None, None],
+                    dv + (p[:, IV] - pv[:, setup.half])[:, None, None])
+    bg_span = np.where(disc, bg, -np.inf).max(axis=(1, 2)) - np.where(disc, bg, np.inf).min(
+        axis=(1, 2))
+    # the residual variance around the bead differs strongly between directions (8 sectors of
+    # ≈ 50–100 pixels: pure noise keeps their ratio below ≈ 2.5)
+    sector = (np.floor((np.arctan2(dv, du) + np.pi) / (np.pi / 4)).astype(int) % 8)
+    ring_f = ring.astype(float)
+    num = np.stack([(z2 * ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
+    cnt = np.stack([(ring_f * (sector == k)).sum(axis=(1, 2)) for k in range(8)], 1)
+    sec = num / np.maximum(cnt, 1.0)
+    has = cnt > 8
+    # ratio of the largest to the smallest sector variance; 1 (isotropic) when no sector has
+    # enough pixels (a bead at the image border), instead of −inf/inf = NaN with a warning
+    hi = np.where(has, sec, 0.0).max(1)
+    lo = np.where(has, sec, np.inf).min(1)
+    anis = np.where(has.any(1), hi / np.maximum(np.where(np.isfinite(lo), lo, 1.0), 1e-300), 1.0)
+    c_img = peak_contrast(r.model, p, pu, pv)
+    near_edge = ((bg_span > opts.edge_ratio * np.abs(c_img)) | (anis > opts.edge_anisotropy)
+                 | (chi2_ring > opts.max_chi2 * np.median(chi2_ring)))
+    return near_edge, chi2_disc, chi2_ring
+
+
+# χ²(4 dof) exceeded with probability 0.001: a straight edge is kept only when its four
+# parameters explain that much more of the window than noise could
+_EDGE_CHI2 = 18.47
+
+
+def _edge_start(r: FitResult, data: np.ndarray, inside: np.ndarray, pu: np.ndarray,
+                pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Start values (N, NPAR_EDGE) of the edge layout from a plain fit ``r``.
+
+    The edge direction is the dominant gradient direction (structure tensor) of the window with
+    the fitted bead removed, outside the bead's blurred disc; its offset the gradient-weighted
+    mean position along that direction. Amplitude and the rest are solved linearly by the fit.
+    """
+    p = r.params
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    du = (pu - cu[:, None])[:, None, :]
+    dv = (pv - cv[:, None])[:, :, None]
+    bg = data - (r.model - background(p, du, dv))
+    gv, gu = np.gradient(bg, axis=(1, 2))
+    rr = np.hypot(du - (p[:, IU] - cu)[:, None, None], dv - (p[:, IV] - cv)[:, None, None])
+    edge = mean_radius(p) + 2.0 * np.exp(p[:, ILS])
+    m = ((inside > 0) & (rr > edge[:, None, None])).astype(float)
+    sxx = (m * gu * gu).sum(axis=(1, 2))
+    syy = (m * gv * gv).sum(axis=(1, 2))
+    sxy = (m * gu * gv).sum(axis=(1, 2))
+    th = 0.5 * np.arctan2(2.0 * sxy, sxx - syy)
+    c, s = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
+    wt = m * (c * gu + s * gv) ** 2
+    proj = c * du + s * dv
+    q = np.zeros((len(p), NPAR_EDGE))
+    q[:, :NPAR] = p
+    q[:, IET] = th
+    q[:, IED] = (wt * proj).sum(axis=(1, 2)) / np.maximum(wt.sum(axis=(1, 2)), 1e-300)
+    q[:, IEW] = 0.0
+    return q
+
+
+def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
+                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
+                flagged: np.ndarray, fixed: tuple[int, ...], iterations: int) -> FitResult:
+    """Refit beads with a straight blurred step in their background where the data ask for it.
+
+    An implant or cortical-bone edge under or next to a bead is not a quadratic; fitted as one
+    it pulls the centre towards or away from the edge by up to pixels. The step model (Φ of the
+    distance to a line, free amplitude, direction, position and width) is kept where it lowers
+    the weighted misfit by more than noise could: χ²₄ at p = 0.001, in units of the refit's
+    reduced χ² times the noise correlation's variance inflation. Candidates for the (costly)
+    non-linear refit are the ``flagged`` beads and every bead whose misfit already drops by a
+    quarter of that with the step at its start position and only the linear parameters solved
+    (a cheap, liberal screen). Returns the fits of all beads in the edge layout (no step:
+    amplitude 0).
+    """
+    n = len(r.params)
+    p = np.zeros((n, NPAR_EDGE))
+    p[:, :NPAR] = r.params
+    cov, model, resid, chi2 = (x.copy() for x in (r.cov_uv, r.model, r.resid, r.chi2_red))
+    infl = max(float(rho.sum()), 1.0)
+    cost0 = r.chi2_red * np.maximum(r.npix - NPAR, 1)
+    q = _edge_start(r, data, inside, pu, pv, setup)
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    q = linear_init(q, data, w, pu, pv, cu, cv, setup)
+    m_lin = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
+    cost_lin = np.einsum("nij,nij->n", w, (data - m_lin) ** 2)
+    screen = (cost0 - cost_lin) / (np.maximum(r.chi2_red, 1e-300) * infl) > 0.25 * _EDGE_CHI2
+    idx = np.flatnonzero((flagged | screen) & (r.params[:, IA] > 0))
+    if idx.size:
+        e = fit(q[idx], data[idx], w[idx], pu[idx], pv[idx], setup, iterations=iterations,
+                rho=rho, fixed=fixed)
+        cost1 = e.chi2_red * np.maximum(e.npix - NPAR_EDGE, 1)
+        gain = (cost0[idx] - cost1) / (np.maximum(e.chi2_red, 1e-300) * infl)
+        ok = (gain > _EDGE_CHI2) & (e.params[:, IA] > 0) & np.isfinite(e.params).all(1)
+        k = idx[ok]
+        p[k], cov[k], model[k], resid[k], chi2[k] = (e.params[ok], e.cov_uv[ok], e.model[ok],
+                                                     e.resid[ok], e.chi2_red[ok])
+    return FitResult(params=p, cov_uv=cov, resid=resid, model=model, chi2_red=chi2,
+                     npix=r.npix)
+
+
+_BEAD = (IU, IV, IR, IE1, IE2, ILS, IA)   # parameters of the second bead of a split pair
+
+
+def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+                setup: FitSetup, jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model of bead A with its background plus bead B (no background), and the Jacobian in
+    [all of A's parameters, B's bead parameters :data:`_BEAD`], (N, P + 7, W, W)."""
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    ma, ja = model_and_jacobian(pa, pu, pv, cu, cv, setup, jac=jac)
+    q = pb.copy()
+    q[:, linear_params(q.shape[1])] = 0.0
+    q[:, IA] = pb[:, IA]
+    mb, jb = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=jac)
+    if not jac:
+        return ma + mb, None
+    return ma + mb, np.concatenate([ja, jb[:, list(_BEAD)]], axis=1)
+
+
+def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
+              pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
+              iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Levenberg–Marquardt fit of two beads sharing one window and background (batched).
+
+    Returns both parameter sets, the weighted cost and the (N, 4, 4) inverse normal matrix of
+    the two centres (uA, vA, uB, vB), unscaled.
+    """
+    npa = pa.shape[1]
+    n, k = len(pa), npa + len(_BEAD)
+    free = np.ones(k, bool)
+    free[list(fixed)] = False
+
+    def split(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = _clip(theta[:, :npa].copy(), setup)
+        b = theta[:, :npa].copy()
+        b[:, list(_BEAD)] = theta[:, npa:]
+        return a, _clip(b, setup)
+
+    theta = np.concatenate([pa, pb[:, list(_BEAD)]], axis=1)
+    m, J = _pair_model(*split(theta), pu, pv, setup, True)
+    J[:, ~free] = 0.0
+    r = data - m
+    cost = np.einsum("nij,nij->n", wts, r * r)
+    lam = np.full(n, 1e-3)
+    eye = np.eye(k)
+    sw = wts.reshape(n, 1, -1)
+    for _ in range(iterations):
+        Jf = J.reshape(n, k, -1).astype(np.float64)
+        H = (Jf * sw) @ np.swapaxes(Jf, 1, 2)
+        g = ((Jf * sw) @ r.reshape(n, -1, 1))[..., 0]
+        d = np.diagonal(H, axis1=1, axis2=2)
+        Hd = H + (lam[:, None] * d + 1e-12 * d.max(1, keepdims=True) + 1e-300
+                  + ~free)[:, :, None] * eye
+        step = np.linalg.solve(Hd, g[..., None])[..., 0]
+        a, b = split(theta + step)
+        mt, Jt = _pair_model(a, b, pu, pv, setup, True)
+        Jt[:, ~free] = 0.0
+        rt = data - mt
+        ct = np.einsum("nij,nij->n", wts, rt * rt)
+        ok = ct <= cost
+        theta[ok] = np.concatenate([a, b[:, list(_BEAD)]], axis=1)[ok]
+        J[ok], r[ok], cost[ok] = Jt[ok], rt[ok], ct[ok]
+        lam = np.where(ok, np.maximum(lam * 0.3, 1e-7), lam * 10.0)
+    Jf = J.reshape(n, k, -1).astype(np.float64)
+    H = (Jf * sw) @ np.swapaxes(Jf, 1, 2)
+    H += 1e-9 * eye * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1), 1e-300)[:, None, None]
+    Hinv = np.linalg.pinv(H, hermitian=True)
+    c = [IU, IV, npa, npa + 1]           # centres of A and B
+    a, b = split(theta)
+    return a, b, cost, Hinv[:, c][:, :, c]
+
+
+# χ²(7 dof) exceeded with probability 0.001: a second bead (centre, radius, shape, amplitude)
+_SPLIT_CHI2 = 24.32
+
+
+def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
+                  pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
+                  sel: np.ndarray, fixed: tuple[int, ...], iterations: int,
+                  variance: tuple[np.ndarray, np.ndarray], min_snr: float
+                  ) -> tuple[FitResult, np.ndarray, np.ndarray]:
+    """Two overlapping beads found as one candidate: split where two beads fit much better.
+
+    Beads whose centres lie within about a radius of each other leave one candidate; one bead
+    fitted to both sits between them (pixels off) with an elongated shape and misfit on its
+    disc. For the beads ``sel`` two beads sharing the window's background are fitted jointly
+    (:func:`_fit_pair`), started on the long axis of the fitted ellipse at several separations.
+    The pair is kept when the misfit drops by more than noise could (χ²₇ at p = 0.001, in units
+    of the pair's reduced χ² times the noise correlation's variance inflation) and both
+    amplitudes are those of a bead in this image (within 2× of the median: in a log display the
+    amplitude is the display gain, the same for every bead) and each passes the detector's SNR
+    test. The pixel weights are those of the
+    pair (transmission of both beads, taper around either). The centres' covariance is the
+    joint one, scaled by the reduced χ² and the noise correlation's variance inflation.
+
+    Returns the fits with the first bead of each split pair in place of the merged fit and the
+    second ones appended, the parent row of every appended bead, and the weights of all rows.
+    """
+    idx = np.flatnonzero(sel & (r.params[:, IA] > 0))
+    none = np.zeros(0, np.intp)
+    if idx.size == 0:
+        return r, none, w
+    knots, rel = variance
+    infl = max(float(rho.sum()), 1.0)
+    r_typ = float(np.sqrt(setup.r_min * setup.r_max))
+    a_typ = float(np.median(r.params[:, IA]))
+    p0 = r.params[idx]
+    dat, ins, u_, v_ = data[idx], inside[idx], pu[idx], pv[idx]
+    e1, e2 = p0[:, IE1], p0[:, IE2]
+    ang = 0.5 * np.arctan2(e2, e1) + 0.5 * np.pi     # long axis of Q = [[1+e1, e2], [e2, 1−e1]]
+    axis = np.column_stack([np.cos(ang), np.sin(ang)])
+    best = None
+    for frac in (0.35, 0.6, 0.9):
+        pa, pb = p0.copy(), p0.copy()
+        for q, sgn in ((pa, 1.0), (pb, -1.0)):
+            q[:, [IU, IV]] = p0[:, [IU, IV]] + sgn * frac * r_typ * axis
+            q[:, IR] = r_typ
+            q[:, IE1] = q[:, IE2] = 0.0
+            q[:, IA] = a_typ
+        for _ in range(2):      # weights of the current pair, then refit
+            t = np.clip(1.0 - blocked(pa, u_, v_, setup) - blocked(pb, u_, v_, setup),
+                        1e-6, 1.0)
+            wts = ins / (np.interp(t, knots, rel)
+                         * np.minimum(taper(pa, u_, v_), taper(pb, u_, v_)))
+            pa, pb, cost, hinv = _fit_pair(pa, pb, dat, wts, u_, v_, setup, fixed, iterations)
+        cost1 = np.einsum("nij,nij->n", wts, (dat - r.model[idx]) ** 2)
+        gain = (cost1 - cost) / np.maximum(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1)
+                                           * infl, 1e-300)
+        cand = (pa, pb, cost, hinv, wts, gain)
+        if best is None:
+            best = cand
+        else:
+            better = np.nan_to_num(gain, nan=-np.inf) > np.nan_to_num(best[5], nan=-np.inf)
+            best = tuple(np.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), y, x)
+                         for x, y in zip(best, cand, strict=True))
+    pa, pb, cost, hinv, wts, gain = best
+    # each bead of the pair must pass the detector's own SNR test (peak blocked fraction times
+    # amplitude over the pixel noise)
+    noise = np.sqrt(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1))
+    snr_a = pa[:, IA] * blocked(pa, u_, v_, setup).reshape(len(idx), -1).max(1) / noise
+    snr_b = pb[:, IA] * blocked(pb, u_, v_, setup).reshape(len(idx), -1).max(1) / noise
+    ok = ((gain > _SPLIT_CHI2) & np.isfinite(gain) & (pa[:, IA] > 0) & (pb[:, IA] > 0)
+          & (snr_a >= min_snr) & (snr_b >= min_snr)
+          # closer than half a radius, two beads are not identifiable against one bead of
+          # another size or shape (a cage marker larger than the radius bound splits in two)
+          & (np.hypot(*(pa[:, [IU, IV]] - pb[:, [IU, IV]]).T) >= 0.5 * r_typ)
+          & (np.abs(np.log(np.abs(pa[:, IA]) / a_typ)) < np.log(2.0))
+          & (np.abs(np.log(np.abs(pb[:, IA]) / a_typ)) < np.log(2.0)))
+    if not ok.any():
+        return r, none, w
+    k = idx[ok]
+    pa, pb, cost, hinv, wts = pa[ok], pb[ok], cost[ok], hinv[ok], wts[ok]
+    dat, u_, v_ = dat[ok], u_[ok], v_[ok]
+    npix = r.npix[k]
+    red = cost / np.maximum(npix - p0.shape[1] - 7, 1)
+    cov = hinv * (red * infl)[:, None, None]
+    ma = model_and_jacobian(pa, u_, v_, u_[:, setup.half], v_[:, setup.half], setup,
+                            jac=False)[0]
+    mb_bead = bead_model(pb, u_, v_, setup)
+    ma_bead = bead_model(pa, u_, v_, setup)
+    mb = ma - ma_bead + mb_bead                       # B with the shared background
+    resid = dat - ma - mb_bead
+    fields = {f: getattr(r, f).copy() for f in ("params", "cov_uv", "resid", "model", "chi2_red",
+                                                "npix")}
+    new = {"params": (pa, pb), "cov_uv": (cov[:, :2, :2], cov[:, 2:, 2:]),
+           "resid": (resid, resid), "model": (ma, mb), "chi2_red": (red, red),
+           "npix": (npix, npix)}
+    for name, (xa, xb) in new.items():
+        fields[name][k] = xa
+        fields[name] = np.concatenate([fields[name], xb])
+    w_all = w.copy()
+    w_all[k] = wts
+    w_all = np.concatenate([w_all, wts])
+    return FitResult(**fields), k, w_all
