@@ -314,31 +314,34 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     e1, e2 = p0[:, IE1], p0[:, IE2]
     ang = 0.5 * np.arctan2(e2, e1) + 0.5 * np.pi     # long axis of Q = [[1+e1, e2], [e2, 1−e1]]
     axis = np.column_stack([np.cos(ang), np.sin(ang)])
+
+    def pair_weights(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
+        t = np.clip(1.0 - blocked(qa, u_, v_, setup) - blocked(qb, u_, v_, setup), 1e-6, 1.0)
+        return ins / (np.interp(t, knots, rel) * np.minimum(taper(qa, u_, v_),
+                                                            taper(qb, u_, v_)))
+
+    # short fits from two separations, the better one refitted with its own pair weights
     best = None
-    for frac in (0.35, 0.6, 0.9):
+    for frac in (0.4, 0.8):
         pa, pb = p0.copy(), p0.copy()
         for q, sgn in ((pa, 1.0), (pb, -1.0)):
             q[:, [IU, IV]] = p0[:, [IU, IV]] + sgn * frac * r_typ * axis
             q[:, IR] = r_typ
             q[:, IE1] = q[:, IE2] = 0.0
             q[:, IA] = a_typ
-        for _ in range(2):      # weights of the current pair, then refit
-            t = np.clip(1.0 - blocked(pa, u_, v_, setup) - blocked(pb, u_, v_, setup),
-                        1e-6, 1.0)
-            wts = ins / (np.interp(t, knots, rel)
-                         * np.minimum(taper(pa, u_, v_), taper(pb, u_, v_)))
-            pa, pb, cost, hinv = _fit_pair(pa, pb, dat, wts, u_, v_, setup, fixed, iterations)
-        cost1 = np.einsum("nij,nij->n", wts, (dat - r.model[idx]) ** 2)
-        gain = (cost1 - cost) / np.maximum(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1)
-                                           * infl, 1e-300)
-        cand = (pa, pb, cost, hinv, wts, gain)
+        pa, pb, cost, _ = _fit_pair(pa, pb, dat, pair_weights(pa, pb), u_, v_, setup, fixed,
+                                    max(4, iterations // 2))
         if best is None:
-            best = cand
+            best = (pa, pb, cost)
         else:
-            better = np.nan_to_num(gain, nan=-np.inf) > np.nan_to_num(best[5], nan=-np.inf)
-            best = tuple(np.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), y, x)
-                         for x, y in zip(best, cand, strict=True))
-    pa, pb, cost, hinv, wts, gain = best
+            better = (np.nan_to_num(cost, nan=np.inf) < best[2])[:, None]
+            best = (np.where(better, pa, best[0]), np.where(better, pb, best[1]),
+                    np.where(better[:, 0], cost, best[2]))
+    wts = pair_weights(best[0], best[1])
+    pa, pb, cost, hinv = _fit_pair(best[0], best[1], dat, wts, u_, v_, setup, fixed, iterations)
+    cost1 = np.einsum("nij,nij->n", wts, (dat - r.model[idx]) ** 2)
+    gain = (cost1 - cost) / np.maximum(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1)
+                                       * infl, 1e-300)
     # each bead of the pair must pass the detector's own SNR test (peak blocked fraction times
     # amplitude over the pixel noise)
     noise = np.sqrt(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1))
