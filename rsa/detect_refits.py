@@ -282,7 +282,7 @@ _SPLIT_CHI2 = 24.32
 def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
                   pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
                   sel: np.ndarray, fixed: tuple[int, ...], iterations: int,
-                  variance: tuple[np.ndarray, np.ndarray], min_snr: float
+                  variance: tuple[np.ndarray, np.ndarray], min_snr: float, max_chi2: float
                   ) -> tuple[FitResult, np.ndarray, np.ndarray]:
     """Two overlapping beads found as one candidate: split where two beads fit much better.
 
@@ -293,8 +293,10 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     The pair is kept when the misfit drops by more than noise could (χ²₇ at p = 0.001, in units
     of the pair's reduced χ² times the noise correlation's variance inflation) and both
     amplitudes are those of a bead in this image (within 2× of the median: in a log display the
-    amplitude is the display gain, the same for every bead) and each passes the detector's SNR
-    test. The pixel weights are those of the
+    amplitude is the display gain, the same for every bead), each passes the detector's SNR
+    test, and the pair's reduced χ² is within ``max_chi2`` of the image's median bead fit
+    (misfitted structure, e.g. a screw tip, also gains from a second "bead" but stays
+    misfitted). The pixel weights are those of the
     pair (transmission of both beads, taper around either). The centres' covariance is the
     joint one, scaled by the reduced χ² and the noise correlation's variance inflation.
 
@@ -352,6 +354,9 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
           # closer than half a radius, two beads are not identifiable against one bead of
           # another size or shape (a cage marker larger than the radius bound splits in two)
           & (np.hypot(*(pa[:, [IU, IV]] - pb[:, [IU, IV]]).T) >= 0.5 * r_typ)
+          # and the pair must explain its window as well as a typical bead fit explains its
+          # own (structure such as a screw tip also drops χ² when split, but stays misfitted)
+          & (noise ** 2 <= max_chi2 * float(np.median(r.chi2_red)))
           & (np.abs(np.log(np.abs(pa[:, IA]) / a_typ)) < np.log(2.0))
           & (np.abs(np.log(np.abs(pb[:, IA]) / a_typ)) < np.log(2.0)))
     if not ok.any():

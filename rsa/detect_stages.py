@@ -284,13 +284,13 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # a bead whose background needed the step is next to an edge
     near_edge |= r.params[:, IEA] != 0.0
     # two overlapping beads seen as one: misfit on the disc or a distorted shape, away from
-    # structure (next to an edge the misfit may be the structure's, and a second bead is not
-    # identifiable against it)
+    # structure (next to an edge a second "bead" can absorb the edge model's own misfit and is
+    # not identifiable against it)
     _, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
     merged = ~near_edge & (distorted | (chi2_disc > opts.max_chi2) | (
         np.hypot(r.params[:, IE1], r.params[:, IE2]) > opts.max_ellipticity))
     r, parent, w = split_merged(r, data, inside, w, pu, pv, setup, rho, merged, fx,
-                                 opts.iterations, (knots, rel), opts.min_snr)
+                                 opts.iterations, (knots, rel), opts.min_snr, opts.max_chi2)
     if parent.size:
         n0 = len(cround)
         rows = np.concatenate([np.arange(n0), parent])
