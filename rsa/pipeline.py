@@ -125,7 +125,9 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     uv_b = beads[names[1]].uv_px[cal.b.patient_mask]
     oa, da = cal.a.rays(uv_a)
     ob, db = cal.b.rays(uv_b)
-    m = match_rays(oa, da, ob, db, gate_mm=study.thresholds["gate_mm"])
+    sig = tuple(_ray_sigma(v, beads[n].sigma_px[v.patient_mask], first.pixel_spacing_mm)
+                for v, n in ((cal.a, names[0]), (cal.b, names[1])))
+    m = match_rays(oa, da, ob, db, gate_mm=study.thresholds["gate_mm"], sigma_mm=sig)
     sigma = _triangulation_sigma(m, (cal.a, cal.b), (da, db),
                                  (beads[names[0]].sigma_px[cal.a.patient_mask],
                                   beads[names[1]].sigma_px[cal.b.patient_mask]),
@@ -149,6 +151,18 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
                            uv_b[m.pairs[:, 1]], m.ambiguous, summary, hashes,
                            inputs_key(exam, study, hashes), secs, sigma)
+
+
+def _ray_sigma(view, sigma_px: np.ndarray, spacing_mm) -> np.ndarray:
+    """Across-ray uncertainty (mm) of each detection's ray at the patient, for matching.
+
+    The centre uncertainty (largest axis of ``sigma_px``) on the detector, scaled to the cage
+    centre (the lab origin, where the patient is) by focus–origin / focus–detector distance,
+    with the view's calibration residual (object space, at the markers) in quadrature.
+    """
+    scale = float(np.linalg.norm(view.focus_mm)) / view.focus_detector_distance_mm
+    s = np.max(np.atleast_2d(sigma_px), axis=-1) * float(np.mean(spacing_mm)) * scale
+    return np.hypot(s, view.rms_mm)
 
 
 def _triangulation_sigma(match, views, directions, sigma_px, spacing_mm) -> np.ndarray:

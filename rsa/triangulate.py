@@ -426,7 +426,8 @@ class RayMatch:
 
 
 def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
-               gate_mm: float = 0.5) -> RayMatch:
+               gate_mm: float = 0.5,
+               sigma_mm: tuple[ArrayLike, ArrayLike] | None = None) -> RayMatch:
     """Optimal one-to-one correspondence between the rays of two views by crossing-line error.
 
     Parameters
@@ -440,6 +441,14 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
         Largest CLE for which two rays may be paired (default 0.5 mm, the project default of
         DESIGN §3.3; it should exceed the CLE of true pairs, which is set by calibration and
         bead-centre errors). Pairs above it are never assigned.
+    sigma_mm : (nA,) and (nB,) array_like, optional
+        Standard uncertainty of each ray's position at the beads (mm, across the ray: the
+        bead-centre uncertainty and the calibration's share). With it, a pair is made only
+        when its CLE is more likely for one bead seen twice — Gaussian CLE of scale
+        ``√(σ₁² + σ₂²)`` — than for two unrelated rays, whose CLE is taken as uniform over
+        the gate; pairs are chosen to maximise the total log-likelihood ratio. A detection
+        known to be poor (large σ) can then pair only within its own uncertainty, and a
+        precise one is not given up for it.
 
     Returns
     -------
@@ -480,6 +489,20 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
             raise ShapeError(f"Expected `{n}` to have shape (N, 3), got {np.shape(v)}.")
     points, cle = _pairwise(o1, d1, o2, d2)
     ok = cle <= gate  # NaN -> False
+    nll = None
+    if sigma_mm is not None:
+        s1, s2 = (np.asarray(s_, dtype=float) for s_ in sigma_mm)
+        if (s1.shape != (cle.shape[0],) or s2.shape != (cle.shape[1],)
+                or not (np.all(s1 > 0) and np.all(s2 > 0))):
+            raise ShapeError(f"Expected `sigma_mm` to be two arrays of positive σ of shapes "
+                             f"({cle.shape[0]},) and ({cle.shape[1]},), got "
+                             f"{s1.shape} and {s2.shape}.")
+        var = s1[:, None] ** 2 + s2[None, :] ** 2
+        # −log(likelihood ratio): one bead (half-normal CLE, scale √var) vs unrelated rays
+        # (CLE uniform on [0, gate])
+        with np.errstate(invalid="ignore"):
+            nll = 0.5 * cle ** 2 / var + np.log(np.sqrt(0.5 * np.pi * var) / max(gate, 1e-12))
+        ok &= nll < 0.0
     rows = np.flatnonzero(ok.any(1))
     cols = np.flatnonzero(ok.any(0))
     pairs = np.zeros((0, 2), dtype=np.intp)
@@ -488,11 +511,17 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
         n, m = rows.size, cols.size
         g2 = max(gate, 1e-12) ** 2
         big = 4.0 * (n + m + 1) * g2 + 1.0
-        # augmented problem: pair costs CLE², each ray may stay unmatched at g²/2
+        # augmented problem: pair costs CLE², each ray may stay unmatched at g²/2 (with σ:
+        # pair cost −log LR < 0, unmatched 0)
+        if nll is None:
+            pair, miss = cle[np.ix_(rows, cols)] ** 2, 0.5 * g2
+        else:
+            pair, miss = nll[np.ix_(rows, cols)], 0.0
+            big = float(np.abs(np.where(sub_ok, pair, 0.0)).sum()) * 2.0 + 1.0
         cost = np.full((n + m, m + n), big)
-        cost[:n, :m] = np.where(sub_ok, cle[np.ix_(rows, cols)] ** 2, big)
-        cost[np.arange(n), m + np.arange(n)] = 0.5 * g2
-        cost[n + np.arange(m), np.arange(m)] = 0.5 * g2
+        cost[:n, :m] = np.where(sub_ok, pair, big)
+        cost[np.arange(n), m + np.arange(n)] = miss
+        cost[n + np.arange(m), np.arange(m)] = miss
         cost[n:, m:] = 0.0
         r, c = linear_sum_assignment(cost)
         sel = (r < n) & (c < m)

@@ -478,6 +478,43 @@ def test_match_rays_does_not_break_a_clean_pair_for_clutter(rng):
     assert {tuple(int(v) for v in p) for p in result.pairs} == {(k, k) for k in range(6)}
 
 
+def test_match_rays_with_sigma_keeps_the_precise_pair(rng):
+    """A poor detection (σ 0.05 mm) near a precise pair must not take it over.
+
+    Rays: A = [bead 0, a stray precise ray crossing bead 0's B ray at 0.12 mm], B = [bead 0,
+    a poor ray crossing bead 0's A ray at 0.04 mm]. Squared CLE alone pairs (A0, B1) and
+    (A1, B0), 0.04² + 0.12² < gate²; with the rays' σ, the precise pair (A0, B0) is far more
+    likely than either crossing, the stray precise ray is 0.12 mm = 30σ from B0 and > 2.5σ
+    from the poor ray.
+    """
+    x = random_beads(rng, 1)
+    oa, da = VA.rays(VA.project(x))
+    ob, db = VB.rays(VB.project(x))
+
+    def crossing(focus, o, d, depth, dist):
+        q = o + depth * d
+        r0 = unit(q - focus)
+        return focus, unit(q + dist * unit(np.cross(d, r0)) - focus)
+
+    stray = crossing(VA.focus_mm, ob[0], db[0], np.linalg.norm(x[0] - ob[0]) - 20.0, 0.12)
+    poor = crossing(VB.focus_mm, oa[0], da[0], np.linalg.norm(x[0] - oa[0]) + 20.0, 0.04)
+    oa2, da2 = np.vstack([oa, stray[0]]), np.vstack([da, stray[1]])
+    ob2, db2 = np.vstack([ob, poor[0]]), np.vstack([db, poor[1]])
+    cle = cle_matrix(oa2, da2, ob2, db2)
+    assert 0.1 < cle[1, 0] < 0.14          # preconditions on the scene
+    assert 0.03 < cle[0, 1] < 0.05
+    assert cle[1, 1] > 0.13               # the stray and poor rays: > 2.5σ of the poor one
+    plain = match_rays(oa2, da2, ob2, db2, gate_mm=0.5)
+    assert {tuple(int(v) for v in p) for p in plain.pairs} == {(0, 1), (1, 0)}
+    sig = (np.array([0.003, 0.003]), np.array([0.003, 0.05]))
+    result = match_rays(oa2, da2, ob2, db2, gate_mm=0.5, sigma_mm=sig)
+    assert {tuple(int(v) for v in p) for p in result.pairs} == {(0, 0)}
+    with pytest.raises(ShapeError):
+        match_rays(oa2, da2, ob2, db2, sigma_mm=(np.ones(3), np.ones(2)))
+    with pytest.raises(ShapeError):
+        match_rays(oa2, da2, ob2, db2, sigma_mm=(np.ones(2), np.zeros(2)))
+
+
 def test_match_rays_flags_epipolar_ambiguity(rng):
     """Two beads on one epipolar plane: all four rays coplanar, both pairings have CLE ≈ 0."""
     p = np.array([5.0, 10.0, 150.0])
