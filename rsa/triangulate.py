@@ -406,6 +406,10 @@ class RayMatch:
         CLE of each alternative pair, mm.
     gate_mm : float
         The gate used.
+    likely : (M,) ndarray of bool
+        With ray uncertainties: the pair's CLE is more likely for one bead than for unrelated
+        rays (first pass); False for pairs made afterwards among the remaining rays within the
+        gate. All True without uncertainties.
     """
 
     pairs: np.ndarray
@@ -415,10 +419,13 @@ class RayMatch:
     alternatives: np.ndarray
     alternatives_cle_mm: np.ndarray
     gate_mm: float
+    likely: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.likely is None:
+            object.__setattr__(self, "likely", np.ones(len(self.pairs), bool))
         for name in ("pairs", "cle_mm", "points_mm", "ambiguous", "alternatives",
-                     "alternatives_cle_mm"):
+                     "alternatives_cle_mm", "likely"):
             object.__setattr__(self, name, readonly(np.asarray(getattr(self, name))))
 
     def __len__(self) -> int:
@@ -448,7 +455,9 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
         ``√(σ₁² + σ₂²)`` — than for two unrelated rays, whose CLE is taken as uniform over
         the gate; pairs are chosen to maximise the total log-likelihood ratio. A detection
         known to be poor (large σ) can then pair only within its own uncertainty, and a
-        precise one is not given up for it.
+        precise one is not given up for it. The rays left over are then paired within the
+        gate as without σ (a bead whose centre error exceeds its σ, e.g. a bias next to an
+        edge, is not lost); :attr:`RayMatch.likely` tells the two kinds apart.
 
     Returns
     -------
@@ -502,32 +511,22 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
         # (CLE uniform on [0, gate])
         with np.errstate(invalid="ignore"):
             nll = 0.5 * cle ** 2 / var + np.log(np.sqrt(0.5 * np.pi * var) / max(gate, 1e-12))
-        ok &= nll < 0.0
-    rows = np.flatnonzero(ok.any(1))
-    cols = np.flatnonzero(ok.any(0))
-    pairs = np.zeros((0, 2), dtype=np.intp)
-    if rows.size and cols.size:
-        sub_ok = ok[np.ix_(rows, cols)]
-        n, m = rows.size, cols.size
-        g2 = max(gate, 1e-12) ** 2
-        big = 4.0 * (n + m + 1) * g2 + 1.0
-        # augmented problem: pair costs CLE², each ray may stay unmatched at g²/2 (with σ:
-        # pair cost −log LR < 0, unmatched 0)
-        if nll is None:
-            pair, miss = cle[np.ix_(rows, cols)] ** 2, 0.5 * g2
-        else:
-            pair, miss = nll[np.ix_(rows, cols)], 0.0
-            big = float(np.abs(np.where(sub_ok, pair, 0.0)).sum()) * 2.0 + 1.0
-        cost = np.full((n + m, m + n), big)
-        cost[:n, :m] = np.where(sub_ok, pair, big)
-        cost[np.arange(n), m + np.arange(n)] = miss
-        cost[n + np.arange(m), np.arange(m)] = miss
-        cost[n:, m:] = 0.0
-        r, c = linear_sum_assignment(cost)
-        sel = (r < n) & (c < m)
-        r, c = r[sel], c[sel]
-        keep = sub_ok[r, c]
-        pairs = np.column_stack([rows[r[keep]], cols[c[keep]]]).astype(np.intp)
+    g2 = max(gate, 1e-12) ** 2
+    if nll is None:
+        pairs = _assign(ok, cle ** 2, 0.5 * g2)
+        likely = np.ones(len(pairs), bool)
+    else:
+        first = _assign(ok & (nll < 0.0), nll, 0.0)
+        # the remaining rays may still pair within the gate (a bead whose centre error exceeds
+        # its σ, e.g. a bias next to an edge), without touching the likely pairs
+        rest = ok.copy()
+        rest[first[:, 0], :] = False
+        rest[:, first[:, 1]] = False
+        second = _assign(rest, cle ** 2, 0.5 * g2)
+        pairs = np.concatenate([first, second])
+        likely = np.arange(len(pairs)) < len(first)
+        order = np.argsort(pairs[:, 0], kind="stable")
+        pairs, likely = pairs[order], likely[order]
     i, j = pairs[:, 0], pairs[:, 1]
     # Competitors: other admissible entries in the matched rows and columns.
     comp = np.zeros_like(ok)
@@ -538,4 +537,27 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
     alt = np.argwhere(comp).astype(np.intp)
     return RayMatch(pairs=pairs, cle_mm=cle[i, j], points_mm=points[i, j], ambiguous=ambiguous,
                     alternatives=alt, alternatives_cle_mm=cle[alt[:, 0], alt[:, 1]],
-                    gate_mm=gate)
+                    gate_mm=gate, likely=likely)
+
+
+def _assign(ok: np.ndarray, pair_cost: np.ndarray, miss: float) -> np.ndarray:
+    """Least-cost one-to-one pairs among the admissible entries ``ok`` (nA, nB), each ray
+    unmatched at cost ``miss`` (one augmented assignment problem). Returns (M, 2) sorted."""
+    rows = np.flatnonzero(ok.any(1))
+    cols = np.flatnonzero(ok.any(0))
+    if not (rows.size and cols.size):
+        return np.zeros((0, 2), dtype=np.intp)
+    sub_ok = ok[np.ix_(rows, cols)]
+    sub = pair_cost[np.ix_(rows, cols)]
+    n, m = rows.size, cols.size
+    big = 2.0 * (float(np.abs(np.where(sub_ok, sub, 0.0)).sum()) + (n + m) * abs(miss)) + 1.0
+    cost = np.full((n + m, m + n), big)
+    cost[:n, :m] = np.where(sub_ok, sub, big)
+    cost[np.arange(n), m + np.arange(n)] = miss
+    cost[n + np.arange(m), np.arange(m)] = miss
+    cost[n:, m:] = 0.0
+    r, c = linear_sum_assignment(cost)
+    sel = (r < n) & (c < m)
+    r, c = r[sel], c[sel]
+    keep = sub_ok[r, c]
+    return np.column_stack([rows[r[keep]], cols[c[keep]]]).astype(np.intp)
