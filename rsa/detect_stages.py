@@ -285,10 +285,13 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     near_edge |= r.params[:, IEA] != 0.0
     # two overlapping beads seen as one: misfit on the disc or a distorted shape, away from
     # structure (next to an edge a second "bead" can absorb the edge model's own misfit and is
-    # not identifiable against it)
+    # not identifiable against it), and elongated: two equal discs half a radius apart (the
+    # closest pair split_merged accepts) have second moments in the ratio 1 + (1/2)² along
+    # and across their axis, an ellipticity e = 0.11; half of that screens round fits out
     _, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
-    merged = ~near_edge & (distorted | (chi2_disc > opts.max_chi2) | (
-        np.hypot(r.params[:, IE1], r.params[:, IE2]) > opts.max_ellipticity))
+    ecc = np.hypot(r.params[:, IE1], r.params[:, IE2])
+    merged = ~near_edge & (ecc > 0.055) & (distorted | (chi2_disc > opts.max_chi2)
+                                           | (ecc > opts.max_ellipticity))
     r, parent, w = split_merged(r, data, inside, w, pu, pv, setup, rho, merged, fx,
                                  opts.iterations, (knots, rel), opts.min_snr, opts.max_chi2)
     if parent.size:
