@@ -83,8 +83,8 @@ def taper(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, width: float = 3.0) -> 
 
 
 def structure(r: FitResult, inside: np.ndarray, w: np.ndarray, pu: np.ndarray,
-               pv: np.ndarray, setup: FitSetup, opts: Any
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              pv: np.ndarray, setup: FitSetup, opts: Any
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evidence of structure (implant or bone edge) next to each fitted bead.
 
     Returns ``near_edge`` (N,) and the reduced χ² over the bead's disc and over the ring
@@ -164,8 +164,8 @@ def _edge_start(r: FitResult, data: np.ndarray, inside: np.ndarray, pu: np.ndarr
 
 
 def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
-                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
-                flagged: np.ndarray, fixed: tuple[int, ...], iterations: int) -> FitResult:
+               pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
+               flagged: np.ndarray, fixed: tuple[int, ...], iterations: int) -> FitResult:
     """Refit beads with a straight blurred step in their background where the data ask for it.
 
     An implant or cortical-bone edge under or next to a bead is not a quadratic; fitted as one
@@ -280,10 +280,10 @@ _SPLIT_CHI2 = 24.32
 
 
 def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
-                  pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
-                  sel: np.ndarray, fixed: tuple[int, ...], iterations: int,
-                  variance: tuple[np.ndarray, np.ndarray], min_snr: float, max_chi2: float
-                  ) -> tuple[FitResult, np.ndarray, np.ndarray]:
+                 pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
+                 sel: np.ndarray, fixed: tuple[int, ...], iterations: int,
+                 variance: tuple[np.ndarray, np.ndarray], min_snr: float, max_chi2: float
+                 ) -> tuple[FitResult, np.ndarray, np.ndarray]:
     """Two overlapping beads found as one candidate: split where two beads fit much better.
 
     Beads whose centres lie within about a radius of each other leave one candidate; one bead
