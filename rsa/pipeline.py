@@ -162,7 +162,7 @@ def _ray_sigma(view, sigma_px: np.ndarray, spacing_mm) -> np.ndarray:
     """
     scale = float(np.linalg.norm(view.focus_mm)) / view.focus_detector_distance_mm
     s = np.max(np.atleast_2d(sigma_px), axis=-1) * float(np.mean(spacing_mm)) * scale
-    return np.hypot(s, view.rms_mm)
+    return np.maximum(np.hypot(s, view.rms_mm), 1e-6)   # > 0 also for noise-free input
 
 
 def _triangulation_sigma(match, views, directions, sigma_px, spacing_mm) -> np.ndarray:
