@@ -192,11 +192,15 @@ def edge_profile(p: np.ndarray, du: np.ndarray, dv: np.ndarray
 def background(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
     """Local background (anatomy) in the window, (N, W, W): quadratic, plus a blurred straight
     step when ``p`` has the edge layout (:data:`NPAR_EDGE` columns)."""
-    P = [p[:, i, None, None] for i in (IB0, IBU, IBV, IBUU, IBUV, IBVV)]
-    bg = P[0] + P[1] * du + P[2] * dv + _QS * (P[3] * du * du + P[4] * du * dv + P[5] * dv * dv)
+    bg = _quadratic(p, du, dv)
     if p.shape[1] > NPAR:
         bg = bg + p[:, IEA, None, None] * edge_profile(p, du, dv)[0]
     return bg
+
+
+def _quadratic(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
+    P = [p[:, i, None, None] for i in (IB0, IBU, IBV, IBUU, IBUV, IBVV)]
+    return P[0] + P[1] * du + P[2] * dv + _QS * (P[3] * du * du + P[4] * du * dv + P[5] * dv * dv)
 
 
 def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.ndarray,
@@ -222,7 +226,10 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     A = p[:, IA, None, None]
     du = (pu - cu[:, None])[:, None, :]
     dv = (pv - cv[:, None])[:, :, None]
-    model = A * h + background(p, du, dv)
+    model = A * h + _quadratic(p, du, dv)
+    if p.shape[1] > NPAR:
+        edge = edge_profile(p, du, dv)
+        model = model + p[:, IEA, None, None] * edge[0]
     if not jac:
         return model, None
     Ad = A * dh
@@ -263,7 +270,7 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     J[:, IBUV] = du * dv * _QS
     J[:, IBVV] = np.broadcast_to(dv * dv, model.shape) * _QS
     if p.shape[1] > NPAR:
-        Phi, phi_w, z, along = edge_profile(p, du, dv)
+        Phi, phi_w, z, along = edge
         sphi = p[:, IEA, None, None] * phi_w
         J[:, IEA] = Phi
         J[:, IET] = sphi * along

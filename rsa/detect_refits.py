@@ -342,37 +342,34 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     wts = pair_weights(best[0], best[1])
     pa, pb, cost, hinv = _fit_pair(best[0], best[1], dat, wts, u_, v_, setup, fixed, iterations)
     cost1 = np.einsum("nij,nij->n", wts, (dat - r.model[idx]) ** 2)
-    gain = (cost1 - cost) / np.maximum(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1)
-                                       * infl, 1e-300)
+    red = cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1)      # pair's reduced χ²
+    gain = (cost1 - cost) / np.maximum(red * infl, 1e-300)
     # each bead of the pair must pass the detector's own SNR test (peak blocked fraction times
     # amplitude over the pixel noise)
-    noise = np.sqrt(cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1))
+    noise = np.sqrt(red)
     snr_a = pa[:, IA] * blocked(pa, u_, v_, setup).reshape(len(idx), -1).max(1) / noise
     snr_b = pb[:, IA] * blocked(pb, u_, v_, setup).reshape(len(idx), -1).max(1) / noise
-    ok = ((gain > _SPLIT_CHI2) & np.isfinite(gain) & (pa[:, IA] > 0) & (pb[:, IA] > 0)
+    ok = ((gain > _SPLIT_CHI2) & np.isfinite(gain)
           & (snr_a >= min_snr) & (snr_b >= min_snr)
           # closer than half a radius, two beads are not identifiable against one bead of
           # another size or shape (a cage marker larger than the radius bound splits in two)
           & (np.hypot(*(pa[:, [IU, IV]] - pb[:, [IU, IV]]).T) >= 0.5 * r_typ)
           # and the pair must explain its window as well as a typical bead fit explains its
           # own (structure such as a screw tip also drops χ² when split, but stays misfitted)
-          & (noise ** 2 <= max_chi2 * float(np.median(r.chi2_red)))
-          & (np.abs(np.log(np.abs(pa[:, IA]) / a_typ)) < np.log(2.0))
-          & (np.abs(np.log(np.abs(pb[:, IA]) / a_typ)) < np.log(2.0)))
+          & (red <= max_chi2 * float(np.median(r.chi2_red)))
+          & (pa[:, IA] > 0.5 * a_typ) & (pa[:, IA] < 2.0 * a_typ)
+          & (pb[:, IA] > 0.5 * a_typ) & (pb[:, IA] < 2.0 * a_typ))
     if not ok.any():
         return r, none, w
     k = idx[ok]
-    pa, pb, cost, hinv, wts = pa[ok], pb[ok], cost[ok], hinv[ok], wts[ok]
+    pa, pb, red, hinv, wts = pa[ok], pb[ok], red[ok], hinv[ok], wts[ok]
     dat, u_, v_ = dat[ok], u_[ok], v_[ok]
     npix = r.npix[k]
-    red = cost / np.maximum(npix - p0.shape[1] - 7, 1)
     cov = hinv * (red * infl)[:, None, None]
-    ma = model_and_jacobian(pa, u_, v_, u_[:, setup.half], v_[:, setup.half], setup,
-                            jac=False)[0]
-    mb_bead = bead_model(pb, u_, v_, setup)
-    ma_bead = bead_model(pa, u_, v_, setup)
-    mb = ma - ma_bead + mb_bead                       # B with the shared background
-    resid = dat - ma - mb_bead
+    cu, cv = u_[:, setup.half], v_[:, setup.half]
+    ma = model_and_jacobian(pa, u_, v_, cu, cv, setup, jac=False)[0]
+    mb = model_and_jacobian(pb, u_, v_, cu, cv, setup, jac=False)[0]   # shared background
+    resid = dat - ma - bead_model(pb, u_, v_, setup)
     fields = {f: getattr(r, f).copy() for f in ("params", "cov_uv", "resid", "model", "chi2_red",
                                                 "npix")}
     new = {"params": (pa, pb), "cov_uv": (cov[:, :2, :2], cov[:, 2:, 2:]),

@@ -279,7 +279,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
             init_linear=False, fixed=fx)
     # structure next to the bead (implant or bone edge): flagged from the plain fit, then such
     # beads are refitted with a straight blurred step in their background
-    near_edge = structure(r, inside, w, pu, pv, setup, opts)[0]
+    near_edge, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
     r = edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations)
     # a bead whose background needed the step is next to an edge
     near_edge |= r.params[:, IEA] != 0.0
@@ -287,8 +287,8 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # structure (next to an edge a second "bead" can absorb the edge model's own misfit and is
     # not identifiable against it), and elongated: two equal discs half a radius apart (the
     # closest pair split_merged accepts) have second moments in the ratio 1 + (1/2)² along
-    # and across their axis, an ellipticity e = 0.11; half of that screens round fits out
-    _, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
+    # and across their axis, an ellipticity e = 0.11; half of that screens round fits out.
+    # (The disc χ² of the plain fit holds: the edge refit changed only beads near an edge.)
     ecc = np.hypot(r.params[:, IE1], r.params[:, IE2])
     merged = ~near_edge & (ecc > 0.055) & (distorted | (chi2_disc > opts.max_chi2)
                                            | (ecc > opts.max_ellipticity))
@@ -298,11 +298,11 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         n0 = len(cround)
         rows = np.concatenate([np.arange(n0), parent])
         pu, pv, inside, cround = pu[rows], pv[rows], inside[rows], cround[rows]
-        near_edge, distorted = near_edge[rows], distorted[rows]
-        t = 1.0 - blocked(r.params, pu, pv, setup)
+        near_edge, distorted, t = near_edge[rows], distorted[rows], t[rows]
         split = np.zeros(len(rows), bool)
         split[parent] = True
         split[n0:] = True
+        t[split] = 1.0 - blocked(r.params[split], pu[split], pv[split], setup)
         distorted = np.where(split, np.hypot(r.params[:, IE1], r.params[:, IE2])
                              > opts.max_ellipticity, distorted)
     p, cov = r.params, r.cov_uv
