@@ -125,13 +125,12 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     uv_b = beads[names[1]].uv_px[cal.b.patient_mask]
     oa, da = cal.a.rays(uv_a)
     ob, db = cal.b.rays(uv_b)
-    sig = tuple(_ray_sigma(v, beads[n].sigma_px[v.patient_mask], first.pixel_spacing_mm)
-                for v, n in ((cal.a, names[0]), (cal.b, names[1])))
+    sig_px = (beads[names[0]].sigma_px[cal.a.patient_mask],
+              beads[names[1]].sigma_px[cal.b.patient_mask])
+    sig = tuple(_ray_sigma(v, s, first.pixel_spacing_mm)
+                for v, s in zip((cal.a, cal.b), sig_px, strict=True))
     m = match_rays(oa, da, ob, db, gate_mm=study.thresholds["gate_mm"], sigma_mm=sig)
-    sigma = _triangulation_sigma(m, (cal.a, cal.b), (da, db),
-                                 (beads[names[0]].sigma_px[cal.a.patient_mask],
-                                  beads[names[1]].sigma_px[cal.b.patient_mask]),
-                                 first.pixel_spacing_mm)
+    sigma = _triangulation_sigma(m, (cal.a, cal.b), (da, db), sig_px, first.pixel_spacing_mm)
     secs["match"] = time.perf_counter() - t
     summary = tuple({"view": v.name, "method": v.method_label, "focus": v.focus_mm.tolist(),
                      "rms_px": float(v.rms_px),
@@ -160,9 +159,16 @@ def _ray_sigma(view, sigma_px: np.ndarray, spacing_mm) -> np.ndarray:
     centre (the lab origin, where the patient is) by focus–origin / focus–detector distance,
     with the view's calibration residual (object space, at the markers) in quadrature.
     """
-    scale = float(np.linalg.norm(view.focus_mm)) / view.focus_detector_distance_mm
-    s = np.max(np.atleast_2d(sigma_px), axis=-1) * float(np.mean(spacing_mm)) * scale
+    s = _sigma_at(view, sigma_px, spacing_mm, float(np.linalg.norm(view.focus_mm)))
     return np.maximum(np.hypot(s, view.rms_mm), 1e-6)   # > 0 also for noise-free input
+
+
+def _sigma_at(view, sigma_px: np.ndarray, spacing_mm, dist_mm) -> np.ndarray:
+    """Centre uncertainty (largest axis of ``sigma_px``) in mm at ``dist_mm`` from the focus
+    (scaled from the detector by distance / focus–detector distance)."""
+    s = np.max(np.atleast_2d(sigma_px), axis=-1) if np.ndim(sigma_px) > 1 else np.asarray(
+        sigma_px)
+    return s * float(np.mean(spacing_mm)) * np.asarray(dist_mm) / view.focus_detector_distance_mm
 
 
 def _triangulation_sigma(match, views, directions, sigma_px, spacing_mm) -> np.ndarray:
@@ -173,12 +179,9 @@ def _triangulation_sigma(match, views, directions, sigma_px, spacing_mm) -> np.n
     in quadrature and are amplified by 1/sin of the angle between the rays (intersection of two
     uncertain lines).
     """
-    out = []
-    for k, (view, sig) in enumerate(zip(views, sigma_px, strict=True)):
-        s = np.max(np.atleast_2d(sig), axis=-1) if np.ndim(sig) > 1 else np.asarray(sig)
-        s = s[match.pairs[:, k]] * float(np.mean(spacing_mm))
-        dist = np.linalg.norm(match.points_mm - view.focus_mm, axis=-1)
-        out.append(s * dist / view.focus_detector_distance_mm)
+    out = [_sigma_at(view, np.asarray(sig)[match.pairs[:, k]], spacing_mm,
+                     np.linalg.norm(match.points_mm - view.focus_mm, axis=-1))
+           for k, (view, sig) in enumerate(zip(views, sigma_px, strict=True))]
     da = directions[0][match.pairs[:, 0]]
     db = directions[1][match.pairs[:, 1]]
     sin = np.linalg.norm(np.cross(da, db), axis=-1)
