@@ -11,7 +11,9 @@ the stage times are those of one exam pair on one core) and prints:
 * accuracy against truth.json: per exam and motion the error of tx, ty, tz (mm), rx, ry, rz (°)
   and MTPM (mm), their RMS over follow-up exams, and bead bookkeeping (3D beads found, labelled,
   false 3D beads = points farther than 0.5 mm from every true bead, wrong labels = labelled
-  points farther than 0.5 mm from the bead of that label).
+  points farther than 0.5 mm from the bead of that label). Points the pipeline does not report as
+  beads (status "rejected": unclaimed candidates, :func:`rsa.pipeline.bead_status`) are counted
+  apart and are not false beads.
 
 The peer in the same run is the phantom renderer itself: the ratio "analysis / rendering" per
 exam pair says how the analysis compares with producing the two images.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsa.pipeline import analyse_study
+from rsa.pipeline import analyse_study, bead_status
 from rsa.summary import truth_rows
 from rsa.synthetic import write_study
 
@@ -96,11 +98,13 @@ def main() -> int:
             te = by_id[exam.id]
             true_xyz = np.vstack([np.asarray(v["xyz_mm"]) for v in te["segments"].values()])
             d = np.linalg.norm(m.points_mm[:, None] - true_xyz[None], axis=-1)
-            false = int(np.sum(d.min(axis=1) > 0.5))
+            claimed = np.concatenate([seg.observed_index[e_i] for seg in s.segments.values()])
+            reported = bead_status(m, claimed[claimed >= 0]) != "rejected"
+            false = int(np.sum(reported & (d.min(axis=1) > 0.5)))
             visible = np.ones(len(true_xyz), bool)
             for v in te["views"].values():
                 visible &= ~np.concatenate([np.asarray(b["hidden"]) for b in v["beads"].values()])
-            found = int(np.sum(d.min(axis=0)[visible] < 0.5))
+            found = int(np.sum((d[reported].min(axis=0, initial=np.inf) < 0.5)[visible]))
             labelled = sum(int(np.sum(seg.observed_index[e_i] >= 0))
                            for seg in s.segments.values())
             # a label is wrong when its point is not within 0.5 mm of that very bead (model
@@ -112,9 +116,9 @@ def main() -> int:
                 got = idx >= 0
                 wrong += int(np.sum(np.linalg.norm(m.points_mm[idx[got]] - tx[got], axis=1)
                                     > 0.5))
-            print(f"{exam.id:<12} 3D beads {len(m.points_mm):3d}  visible-in-both found "
-                  f"{found}/{int(visible.sum())}  labelled {labelled} (wrong {wrong})  "
-                  f"false {false}")
+            print(f"{exam.id:<12} 3D beads {int(reported.sum()):3d} (+{int((~reported).sum())} "
+                  f"rejected)  visible-in-both found {found}/{int(visible.sum())}  labelled "
+                  f"{labelled} (wrong {wrong})  false {false}")
             if false or wrong or found < visible.sum():
                 ok = False
     print("OK" if ok else "FAILED")

@@ -52,10 +52,39 @@ class ExamMeasurement:
     inputs_key: str
     seconds: dict[str, float] = field(default_factory=dict)
     sigma_mm: np.ndarray | None = None   # (P,) 3D uncertainty from the 2D centre uncertainties
+    likely: np.ndarray | None = None     # (P,) CLE consistent with the rays' uncertainty
+    misfit: np.ndarray | None = None     # (P,) a detection misfits a bead (flagged occluded)
+
+    def __post_init__(self) -> None:
+        n = len(self.cle_mm)   # absent quality arrays: every point clean
+        if self.likely is None:
+            object.__setattr__(self, "likely", np.ones(n, bool))
+        if self.misfit is None:
+            object.__setattr__(self, "misfit", np.zeros(n, bool))
 
     @property
     def key(self) -> str:
         return f"{self.subject}/{self.exam_id}"
+
+    @property
+    def weak(self) -> np.ndarray:
+        """(P,) points that are only candidates: the pair's CLE is beyond its uncertainty
+        (:attr:`rsa.triangulate.RayMatch.likely`) or a detection misfits a bead model. Such a
+        point is reported as a bead only when the labelling claims it (see :func:`bead_status`).
+        """
+        return ~self.likely | self.misfit
+
+
+def bead_status(m: ExamMeasurement, labelled: np.ndarray) -> np.ndarray:
+    """Status of each 3D point of an exam: "labelled" (claimed by a segment), "unassigned"
+    (a clean bead pair no segment claims) or "rejected" (an unclaimed candidate, see
+    :attr:`ExamMeasurement.weak`: not reported as a bead).
+
+    ``labelled`` is a (P,) bool mask or an array of labelled point indices.
+    """
+    lab = np.zeros(len(m.cle_mm), bool)
+    lab[np.asarray(labelled)] = True
+    return np.where(lab, "labelled", np.where(m.weak, "rejected", "unassigned"))
 
 
 def inputs_key(exam: ExamSpec, study: StudySpec, hashes: tuple[str, ...]) -> str:
@@ -131,6 +160,8 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
                 for v, s in zip((cal.a, cal.b), sig_px, strict=True))
     m = match_rays(oa, da, ob, db, gate_mm=study.thresholds["gate_mm"], sigma_mm=sig)
     sigma = _triangulation_sigma(m, (cal.a, cal.b), (da, db), sig_px, first.pixel_spacing_mm)
+    misfit = (beads[names[0]].occluded[cal.a.patient_mask][m.pairs[:, 0]]
+              | beads[names[1]].occluded[cal.b.patient_mask][m.pairs[:, 1]])
     secs["match"] = time.perf_counter() - t
     summary = tuple({"view": v.name, "method": v.method_label, "focus": v.focus_mm.tolist(),
                      "rms_px": float(v.rms_px),
@@ -149,7 +180,7 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     hashes = tuple(dict.fromkeys(r.sha256 for r in views.values()))
     return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
                            uv_b[m.pairs[:, 1]], m.ambiguous, summary, hashes,
-                           inputs_key(exam, study, hashes), secs, sigma)
+                           inputs_key(exam, study, hashes), secs, sigma, m.likely, misfit)
 
 
 def _ray_sigma(view, sigma_px: np.ndarray, spacing_mm) -> np.ndarray:
@@ -244,7 +275,8 @@ def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
         series = tuple(analyse_subject(
             s, [measurements[f"{s.id}/{e.id}"].points_mm for e in s.exams], study.motions,
             study.thresholds,
-            sigma_mm=[_bead_sigma(measurements[f"{s.id}/{e.id}"]) for e in s.exams])
+            sigma_mm=[_bead_sigma(measurements[f"{s.id}/{e.id}"]) for e in s.exams],
+            likely=[measurements[f"{s.id}/{e.id}"].likely for e in s.exams])
             for s in study.subjects)
         prec = {m.name: study_precision(series, m) for m in study.motions}
         flags = _write_results(store, study, measurements, series, prec)
@@ -315,11 +347,15 @@ def _measurement_rows(m: ExamMeasurement, *, status: str, exam: ExamSpec | None 
                       flags: list[str] | None = None, notes: list[str] | None = None) -> dict:
     labels = labels or {}
     sig = m.sigma_mm if m.sigma_mm is not None else np.full(len(m.cle_mm), np.nan)
+    point_status = (np.full(len(m.cle_mm), "candidate") if status == "measured"
+                    else bead_status(m, np.fromiter(labels, int, len(labels))))
     beads = [{"segment": labels.get(i, ("", ""))[0], "bead_id": labels.get(i, ("", ""))[1],
-              "x": p[0], "y": p[1], "z": p[2], "cle_mm": c, "sigma_mm": sg, "u_a": ua[0],
+              "status": str(st), "x": p[0], "y": p[1], "z": p[2], "cle_mm": c,
+              "sigma_mm": sg, "likely": int(lk), "misfit": int(mf), "u_a": ua[0],
               "v_a": ua[1], "u_b": ub[0], "v_b": ub[1]}
-             for i, (p, c, sg, ua, ub) in enumerate(zip(m.points_mm, m.cle_mm, sig, m.uv_a,
-                                                        m.uv_b, strict=True))]
+             for i, (p, c, sg, lk, mf, st, ua, ub) in enumerate(zip(
+                 m.points_mm, m.cle_mm, sig, m.likely, m.misfit, point_status, m.uv_a, m.uv_b,
+                 strict=True))]
     views = [{"view": v["view"], "method": v["method"], "focus_x": v["focus"][0],
               "focus_y": v["focus"][1], "focus_z": v["focus"][2], "rms_px": v["rms_px"],
               "rms_mm": v["rms_mm"], "n_fiducials": v["n_fiducials"],
@@ -355,7 +391,8 @@ def _measurement_from_store(store, subject, exam_id, hashes, key) -> ExamMeasure
                     for v in views)
     return ExamMeasurement(subject, exam_id, col("x", "y", "z"), col("cle_mm")[:, 0],
                            col("u_a", "v_a"), col("u_b", "v_b"), np.zeros(len(beads), bool),
-                           summary, hashes, key, {"resumed": 0.0}, col("sigma_mm")[:, 0])
+                           summary, hashes, key, {"resumed": 0.0}, col("sigma_mm")[:, 0],
+                           col("likely")[:, 0] == 1, col("misfit")[:, 0] == 1)
 
 
 def _write_results(store, study, measurements, series, prec) -> dict[str, list[str]]:
@@ -386,9 +423,16 @@ def _write_results(store, study, measurements, series, prec) -> dict[str, list[s
                 sg = sig[spec.name].get(s.subject)
                 motions.append(_motion_row(spec, mo, e_i, None if sg is None else sg[e_i],
                                            study.region))
+            notes = list(s.notes.get(exam.id, []))
+            rejected = bead_status(m, np.fromiter(labels, int, len(labels))) == "rejected"
+            if rejected.any():
+                lk = int(np.sum(rejected & ~m.likely))
+                notes.append(f"{int(rejected.sum())} candidate point(s) claimed by no segment "
+                             f"and not reported as beads ({lk} with a crossing-line error "
+                             "beyond the rays' uncertainty, the others with a detection that "
+                             "misfits a bead)")
             rows = _measurement_rows(m, status="flagged" if flags else "ok", exam=exam,
-                                     labels=labels, flags=flags,
-                                     notes=s.notes.get(exam.id, []))
+                                     labels=labels, flags=flags, notes=notes)
             rows["fits"] = fits
             rows["motions"] = motions
             store.write_exam(m.key, rows)

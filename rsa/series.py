@@ -107,6 +107,19 @@ def _override(segment: SegmentSpec, labels: Mapping[str, np.ndarray], points: np
     return assign_by_proximity(approx, points, tol_mm=segment.tolerance_mm)
 
 
+def _drop_unlikely(seg: SegmentSpec, idx: np.ndarray, dist: np.ndarray, likely: np.ndarray,
+                   tol_mm: float, notes: list[str]) -> None:
+    """Unlabel (in place) beads whose point is an unlikely ray pair beyond ``tol_mm``."""
+    got = np.flatnonzero(idx >= 0)
+    drop = got[~np.asarray(likely, bool)[idx[got]] & (dist[got] > tol_mm)]
+    for m in drop:
+        notes.append(f"{seg.name}: {seg.bead_ids[m]} not labelled: the nearest point "
+                     f"({dist[m]:.2f} mm from its expected position) pairs two rays whose "
+                     "crossing-line error is beyond their uncertainty")
+    idx[drop] = -1
+    dist[drop] = np.inf
+
+
 def _resolve_conflicts(claims: dict[str, np.ndarray], dists: dict[str, np.ndarray]) -> None:
     """An observed bead claimed by two segments stays with the one that fits it better."""
     owner: dict[int, tuple[str, int, float]] = {}
@@ -126,7 +139,8 @@ def _resolve_conflicts(claims: dict[str, np.ndarray], dists: dict[str, np.ndarra
 
 def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
                     motions: Sequence[MotionSpec], thresholds: Mapping[str, float], *,
-                    sigma_mm: Sequence[np.ndarray] | None = None) -> SubjectSeries:
+                    sigma_mm: Sequence[np.ndarray] | None = None,
+                    likely: Sequence[np.ndarray] | None = None) -> SubjectSeries:
     """Label, fit and compute motions for one subject.
 
     Parameters
@@ -138,6 +152,13 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
     thresholds : mapping
         ``label_tol_mm``, ``label_gate_mm``, ``unstable_limit_mm``, ``min_beads``,
         ``me_limit_mm``, ``cn_limit``.
+    sigma_mm : sequence of (P_e,) arrays, optional
+        3D uncertainty of every point (fit weights).
+    likely : sequence of (P_e,) bool arrays, optional
+        Whether each point's crossing-line error is within its rays' uncertainty
+        (:attr:`rsa.triangulate.RayMatch.likely`). A point that is not (e.g. a bead's ray
+        paired with a spurious detection) is labelled only within ``label_tol_mm`` of its
+        model position, not up to ``label_gate_mm``: its position says little about the bead.
     """
     exams = subject.exams
     ref_i = next(i for i, e in enumerate(exams) if e.kind == "reference")
@@ -204,6 +225,9 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
                                           "pattern); give a manual label file")
             claims[seg.name] = lab.observed_of_model.copy()
             dists[seg.name] = np.nan_to_num(lab.distance_mm, nan=np.inf)
+            if likely is not None:
+                _drop_unlikely(seg, claims[seg.name], dists[seg.name], likely[e],
+                               thresholds["label_tol_mm"], notes[exams[e].id])
         _resolve_conflicts(claims, dists)
         for name, idx in claims.items():
             observed[name][e] = idx

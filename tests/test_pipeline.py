@@ -12,7 +12,7 @@ import pytest
 
 from rsa.errors import RsaWarning
 from rsa.io.store import ResultStore
-from rsa.pipeline import analyse_study
+from rsa.pipeline import ExamMeasurement, analyse_study, bead_status
 from rsa.summary import truth_rows
 from rsa.synthetic import write_study
 
@@ -59,6 +59,37 @@ def test_beads_labelled_correctly(analysed):
             assert ok.sum() >= 4, (exam.id, name)
 
 
+def test_bead_status():
+    pts = np.zeros((4, 3))
+    m = ExamMeasurement("S", "E", pts, np.zeros(4), np.zeros((4, 2)), np.zeros((4, 2)),
+                        np.zeros(4, bool), (), (), "k", likely=np.array([1, 0, 1, 1], bool),
+                        misfit=np.array([0, 0, 1, 0], bool))
+    np.testing.assert_array_equal(m.weak, [False, True, True, False])
+    # a claimed point is a bead whatever its quality; an unclaimed weak one is rejected
+    np.testing.assert_array_equal(bead_status(m, np.array([0, 1])),
+                                  ["labelled", "labelled", "rejected", "unassigned"])
+    plain = ExamMeasurement("S", "E", pts, np.zeros(4), np.zeros((4, 2)), np.zeros((4, 2)),
+                            np.zeros(4, bool), (), (), "k")
+    assert not plain.weak.any()
+
+
+def test_store_bead_status(analysed):
+    _, out, result = analysed
+    with ResultStore(out / "results.sqlite") as store:
+        beads = store.rows("beads")
+    s = result.series[0]
+    for e_i, exam in enumerate(s.exams):
+        rows = [b for b in beads if b["exam_key"] == f"S01/{exam.id}"]
+        m = result.measurements[f"S01/{exam.id}"]
+        assert len(rows) == len(m.cle_mm)
+        claimed = np.concatenate([seg.observed_index[e_i] for seg in s.segments.values()])
+        n_lab = int(np.sum(claimed >= 0))
+        assert sum(b["status"] == "labelled" for b in rows) == n_lab
+        assert all((b["status"] == "labelled") == bool(b["segment"]) for b in rows)
+        assert all(b["status"] != "rejected" or b["likely"] == 0 or b["misfit"] == 1
+                   for b in rows)
+
+
 def test_store_exports_and_precision(analysed):
     _, out, result = analysed
     assert (out / "results.json").is_file()
@@ -79,6 +110,9 @@ def test_resume_reuses_stored_exams(analysed):
         warnings.simplefilter("ignore", RsaWarning)
         again = analyse_study(study / "study.toml", out, executor="serial")
     assert all("resumed" in m.seconds for m in again.measurements.values())
+    for key, m in result.measurements.items():   # point quality survives the store
+        np.testing.assert_array_equal(again.measurements[key].likely, m.likely)
+        np.testing.assert_array_equal(again.measurements[key].misfit, m.misfit)
     a = result.series[0].motions["implant/tibia"].translation_mm
     b = again.series[0].motions["implant/tibia"].translation_mm
     # stored at full float precision (SQLite REAL) → identical motions

@@ -66,7 +66,8 @@ def _truth_detection(study_dir: Path, mp: pytest.MonkeyPatch, sd_px: float = 0.0
     def fake_detect(image, pixel_spacing_mm, options=None):
         uv = current[id(image)]
         return type("Beads", (), {"uv_px": uv + rng.normal(scale=sd_px, size=uv.shape),
-                                  "sigma_px": np.full(uv.shape, sd_px)})()
+                                  "sigma_px": np.full(uv.shape, sd_px),
+                                  "occluded": np.zeros(len(uv), bool)})()
 
     mp.setattr(pipeline, "_load_views", fake_load)
     mp.setattr(pipeline, "detect_beads", fake_detect)

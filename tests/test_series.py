@@ -209,3 +209,24 @@ def test_triangulation_sigma_matches_monte_carlo():
     # (the Monte Carlo RMS itself is known to ~4 % with 400 trials).
     ratio = rms / pred
     assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
+
+
+def test_unlikely_point_labelled_only_near_its_model_position(scene):
+    subject, points, _, _ = scene
+    motion = [MotionSpec("implant", "bone")]
+    s0 = analyse_subject(subject, points, motion, DEFAULT_THRESHOLDS)
+    idx = s0.segments["implant"].observed_index
+    likely = [np.ones(len(p), bool) for p in points]
+    # F2's implant bead 0 is 1.3 mm from its place (beyond label_tol_mm 0.3, within the 1.5 mm
+    # label gate): as a likely pair it is labelled (and screened as unstable); as a pair whose
+    # CLE exceeds its uncertainty it is not; F1's bead 0 (at its place) stays labelled either way.
+    likely[4][idx[4, 0]] = False
+    likely[2][idx[2, 0]] = False
+    s = analyse_subject(subject, points, motion, DEFAULT_THRESHOLDS, likely=likely)
+    new = s.segments["implant"].observed_index
+    assert idx[4, 0] >= 0
+    assert new[4, 0] == -1
+    assert new[2, 0] == idx[2, 0]
+    np.testing.assert_array_equal(new[:, 1:], idx[:, 1:])
+    assert any("I0 not labelled" in n for n in s.notes["F2"])
+    assert not s.segments["implant"].excluded[4].any()

@@ -9,8 +9,11 @@ Tables
 ``views``      calibration per exam and view: method, focus, reprojection RMS, markers used.
 ``markers``    identified cage markers per exam and view: id, role, detected u/v, reprojection
                residual (px) and object-space residual (mm).
-``beads``      3D beads per exam: segment, bead id, x/y/z (mm), CLE (mm), propagated 3D
-               uncertainty (mm), 2D positions per view.
+``beads``      3D points per exam: segment, bead id, status ("labelled", "unassigned" bead,
+               "rejected" candidate; "candidate" until the series is analysed), x/y/z (mm),
+               CLE (mm), propagated 3D uncertainty (mm), whether the CLE is within the rays'
+               uncertainty (``likely``) and whether a detection misfits a bead (``misfit``),
+               2D positions per view.
 ``fits``       per exam and segment: pose relative to the reference exam (R, t), ME, CN, beads
                used, excluded beads with reasons.
 ``motions``    per exam and motion (segment relative to reference segment): translations,
@@ -36,7 +39,7 @@ from typing import Any
 from rsa.errors import InputError
 from rsa.io.atomic import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TABLES: dict[str, Sequence[tuple[str, str]]] = {
     "exams": (("exam_key", "TEXT PRIMARY KEY"), ("subject", "TEXT"), ("exam_id", "TEXT"),
@@ -49,9 +52,10 @@ _TABLES: dict[str, Sequence[tuple[str, str]]] = {
     "markers": (("exam_key", "TEXT"), ("view", "TEXT"), ("marker_id", "TEXT"),
                 ("role", "TEXT"), ("u", "REAL"), ("v", "REAL"), ("du_px", "REAL"),
                 ("dv_px", "REAL"), ("residual_mm", "REAL")),
-    "beads": (("exam_key", "TEXT"), ("segment", "TEXT"), ("bead_id", "TEXT"), ("x", "REAL"),
-              ("y", "REAL"), ("z", "REAL"), ("cle_mm", "REAL"), ("sigma_mm", "REAL"),
-              ("u_a", "REAL"), ("v_a", "REAL"),
+    "beads": (("exam_key", "TEXT"), ("segment", "TEXT"), ("bead_id", "TEXT"),
+              ("status", "TEXT"), ("x", "REAL"), ("y", "REAL"), ("z", "REAL"),
+              ("cle_mm", "REAL"), ("sigma_mm", "REAL"), ("likely", "INTEGER"),
+              ("misfit", "INTEGER"), ("u_a", "REAL"), ("v_a", "REAL"),
               ("u_b", "REAL"), ("v_b", "REAL")),
     "fits": (("exam_key", "TEXT"), ("segment", "TEXT"), ("rotation", "TEXT"),
              ("translation", "TEXT"), ("me_mm", "REAL"), ("cn", "REAL"),

@@ -104,7 +104,9 @@ def overlay_png(res: Results, subject: str, exam_id: str,
         uc, vc = ("u_a", "v_a") if i == 0 else ("u_b", "v_b")
         lab = [(b[uc], b[vc], b["bead_id"], b["segment"]) for b in beads
                if b["segment"] and b[uc] is not None]
-        un = [(b[uc], b[vc]) for b in beads if not b["segment"] and b[uc] is not None]
+        # unassigned beads; rejected candidate points are not beads
+        un = [(b[uc], b[vc]) for b in beads if not b["segment"] and b[uc] is not None
+              and b.get("status") != "rejected"]
         mk = [(m["u"], m["v"], m["du_px"], m["dv_px"]) for m in markers if m["view"] == view]
         panels.append({"view": view, "image": img, "beads": lab, "unlabelled": un,
                        "markers": np.array(mk, float).reshape(-1, 4)})
