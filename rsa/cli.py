@@ -211,6 +211,47 @@ def analyze(
 
 
 @app.command()
+def beads(
+    manifest: str = typer.Argument(..., help="Study manifest (TOML); segments not needed yet."),
+    out: str = typer.Option(..., "--out", help="Bead file to write (CSV: bead_id,x,y,z,...)."),
+    subject: str = typer.Option(None, "--subject", help="Subject id (default: the first)."),
+    exam: str = typer.Option(None, "--exam", help="Exam id (default: the reference exam)."),
+    figure: str = typer.Option(None, "--figure", help="Also write an overlay PNG with ids."),
+) -> None:
+    """List the 3D beads of a reference exam with ids, to define segments by bead id.
+
+    In the manifest, a segment then reads ``definition = "beads"``, ``bead_file = "<out>"``,
+    ``beads = ["P03", "P07", ...]`` (examples/README.md).
+    """
+    import warnings
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from rsa.beads import list_beads, write_listing
+    from rsa.errors import RsaWarning
+    from rsa.io.manifest import load_manifest
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RsaWarning)
+            study = load_manifest(manifest, segments_required=False)
+            listing = list_beads(study, subject, exam)
+            paths = write_listing(listing, out, figure)
+    except RsaError as exc:
+        fail(exc)
+    table = Table(title=f"{listing.subject} {listing.exam.id}: 3D beads (cage frame, mm)")
+    for col in ("id", "x", "y", "z", "CLE", "quality"):
+        table.add_column(col)
+    m, o = listing.measurement, listing.order
+    for i, p, c, q in zip(listing.ids, listing.xyz_mm, m.cle_mm[o], listing.candidate,
+                          strict=True):
+        table.add_row(i, *(f"{v:.2f}" for v in p), f"{c:.3f}", "candidate" if q else "bead")
+    Console().print(table)
+    typer.echo(f"Wrote {', '.join(str(x) for x in paths)}.")
+
+
+@app.command()
 def demo(
     out: str = typer.Option("rsa-demo", "--out", help="Folder for the study and results."),
     setup: str = typer.Option("uniplanar", "--setup", help="uniplanar or biplanar cage."),

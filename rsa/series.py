@@ -17,14 +17,13 @@ own beyond book-keeping:
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
-from rsa.errors import EstimationError, InputError
+from rsa.errors import EstimationError
+from rsa.io.beadfile import read_bead_file
 from rsa.io.manifest import ExamSpec, MotionSpec, SegmentSpec, SubjectSpec
 from rsa.match import assign_by_proximity, label_beads
 from rsa.motion import Motion, precision, precision_upper, relative_motion
@@ -79,23 +78,6 @@ class SubjectSeries:
     double_pairs: tuple[tuple[int, int], ...]   # (partner index, double index)
     flags: dict[str, list[str]] = field(default_factory=dict)   # exam id → quality flags
     notes: dict[str, list[str]] = field(default_factory=dict)   # exam id → information only
-
-
-def read_label_file(path: Path) -> dict[str, np.ndarray]:
-    """Manual label override: CSV with header ``bead_id,x,y,z`` (approximate, exam frame, mm)."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read label file ({exc}).") from None
-    out = {}
-    for k, row in enumerate(rows, start=2):
-        try:
-            out[row["bead_id"].strip()] = np.array([float(row[c]) for c in "xyz"])
-        except (KeyError, ValueError, AttributeError):
-            raise InputError(f"{path}: line {k}: expected columns bead_id,x,y,z with numbers."
-                             ) from None
-    return out
 
 
 def _override(segment: SegmentSpec, labels: Mapping[str, np.ndarray], points: np.ndarray
@@ -162,7 +144,7 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
     """
     exams = subject.exams
     ref_i = next(i for i, e in enumerate(exams) if e.kind == "reference")
-    labels = [read_label_file(e.labels) if e.labels else {} for e in exams]
+    labels = [read_bead_file(e.labels) if e.labels else {} for e in exams]
     flags: dict[str, list[str]] = {e.id: [] for e in exams}
     notes: dict[str, list[str]] = {e.id: [] for e in exams}
     min_beads = int(thresholds["min_beads"])

@@ -112,3 +112,60 @@ def test_unknown_segment_in_one_subject(tmp_path):
     text = GOOD.replace('name = "L5"', 'name = "S1"')
     with pytest.raises(InputError, match="unknown segment 'L5'"):
         load_manifest(_write(tmp_path, text))
+
+
+BEADS_L5 = '''name = "L5"
+definition = "beads"
+bead_file = "ref_beads.csv"
+beads = ["P02", "P05", "P07"]'''
+
+
+def _beads_manifest(tmp_path, segment=BEADS_L5):
+    (tmp_path / "ref_beads.csv").write_text(
+        "bead_id,x,y,z,quality\nP02,1.5,2,30,bead\nP05,10,0,30.25,bead\nP07,0,10,30,candidate\n"
+        "P09,5,5,5,bead\n")
+    text = GOOD.replace('name = "L5"\nxyz_mm = [[0, 0, 30], [10, 0, 30], [0, 10, 30]]', segment)
+    assert text != GOOD
+    return _write(tmp_path, text)
+
+
+def test_segment_defined_by_bead_ids(tmp_path):
+    spec = load_manifest(_beads_manifest(tmp_path))
+    seg = spec.subjects[0].segment("L5")
+    assert seg.bead_ids == ("P02", "P05", "P07")
+    assert seg.xyz_mm.tolist() == [[1.5, 2.0, 30.0], [10.0, 0.0, 30.25], [0.0, 10.0, 30.0]]
+    assert seg.tolerance_mm == 0.5   # default of this definition: positions from a measurement
+
+
+@pytest.mark.parametrize(("segment", "match"), [
+    (BEADS_L5.replace('"P07"]', '"P08"]'), r"`subjects\[0\].segments\[1\].beads`: not in "
+                                           r"ref_beads\.csv: P08"),
+    (BEADS_L5.replace("ref_beads.csv", "nope.csv"), r"segments\[1\].bead_file`: bead file not "
+                                                   r"found"),
+    (BEADS_L5.replace('beads = ["P02", "P05", "P07"]', 'beads = "P02"'),
+     r"segments\[1\].beads`: expected list"),
+    (BEADS_L5.replace('"beads"', '"auto"'), r"segments\[1\].definition`: expected 'coordinates' "
+                                           r"or 'beads'"),
+])
+def test_bead_id_segments_hostile(tmp_path, segment, match):
+    with pytest.raises(InputError, match=match):
+        load_manifest(_beads_manifest(tmp_path, segment))
+
+
+def test_bead_file_errors(tmp_path):
+    path = _beads_manifest(tmp_path)
+    (tmp_path / "ref_beads.csv").write_text("bead_id,x,y\nP02,1,2\n")
+    with pytest.raises(InputError, match=r"ref_beads\.csv: line 2: expected columns bead_id,x,y,z"):
+        load_manifest(path)
+
+
+def test_listing_manifest_without_segments(tmp_path):
+    head, _, _ = GOOD.partition("[[motions]]")
+    exams = GOOD[GOOD.index("[[subjects.exams]]"):]
+    text = head + '[[subjects]]\nid = "S01"\n' + exams
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError, match="segments"):
+        load_manifest(path)
+    spec = load_manifest(path, segments_required=False)
+    assert spec.subjects[0].segments == ()
+    assert spec.motions == ()

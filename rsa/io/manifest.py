@@ -145,7 +145,8 @@ class _Ctx:
         return val
 
 
-def load_manifest(path: str | Path, *, check_files: bool = True) -> StudySpec:
+def load_manifest(path: str | Path, *, check_files: bool = True,
+                  segments_required: bool = True) -> StudySpec:
     """Read and validate a study manifest.
 
     Parameters
@@ -154,6 +155,9 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> StudySpec:
         The TOML manifest. Image paths inside it are relative to its folder.
     check_files : bool
         Check that every image (and label override) file exists.
+    segments_required : bool
+        False accepts subjects without segments and a study without motions: the manifest of
+        a bead listing (``rsa beads``), written before the segments are known.
 
     Raises
     ------
@@ -201,7 +205,7 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> StudySpec:
     subjects = []
     seen_subjects: set[str] = set()
     for i, s in enumerate(subjects_raw):
-        subj = _subject(c, s, f"subjects[{i}]", path.parent, check_files)
+        subj = _subject(c, s, f"subjects[{i}]", path.parent, check_files, segments_required)
         if subj.id in seen_subjects:
             raise c.error(f"subjects[{i}].id", f"duplicate subject id {subj.id!r}")
         seen_subjects.add(subj.id)
@@ -234,7 +238,7 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> StudySpec:
         pts = m.get("points_mm")
         motions.append(MotionSpec(seg, ref, point, order,
                                   None if pts is None else _xyz(c, pts, f"{where}.points_mm")))
-    if not motions:
+    if not motions and segments_required:
         raise c.error("motions", "at least one motion (segment relative_to segment) is required")
     return StudySpec(path=path, id=sid, cage=cage, region=region, thresholds=thresholds,
                      motions=tuple(motions), subjects=tuple(subjects),
@@ -257,7 +261,29 @@ def _xyz(c: _Ctx, value: Any, where: str, *, single: bool = False) -> np.ndarray
     return arr
 
 
-def _subject(c: _Ctx, s: dict, where: str, root: Path, check_files: bool) -> SubjectSpec:
+def _beads_from_file(c: _Ctx, g: dict, w: str, root: Path) -> tuple[list[str], np.ndarray]:
+    """Segment definition (1): bead ids of a bead file written by ``rsa beads`` (or by hand)
+    for the subject's reference exam; the file gives their reference coordinates."""
+    from rsa.io.beadfile import read_bead_file
+
+    ids = c.get(g, "beads", w, list)
+    if not ids or not all(isinstance(x, str) for x in ids):
+        raise c.error(f"{w}.beads", "expected a list of bead ids (strings) from the bead file")
+    path = root / c.get(g, "bead_file", w, str)
+    if not path.is_file():
+        raise c.error(f"{w}.bead_file", f"bead file not found: {path}")
+    try:
+        table = read_bead_file(path)
+    except InputError as exc:
+        raise c.error(f"{w}.bead_file", str(exc)) from None
+    unknown = [b for b in ids if b not in table]
+    if unknown:
+        raise c.error(f"{w}.beads", f"not in {path.name}: {', '.join(unknown)}")
+    return ids, np.array([table[b] for b in ids])
+
+
+def _subject(c: _Ctx, s: dict, where: str, root: Path, check_files: bool,
+             segments_required: bool = True) -> SubjectSpec:
     sid = c.get(s, "id", where, str)
     for key in ("indication", "impression"):
         c.get(s, key, where, str, "")
@@ -269,22 +295,32 @@ def _subject(c: _Ctx, s: dict, where: str, root: Path, check_files: bool) -> Sub
             raise c.error(f"{where}.surgery_date", f"expected YYYY-MM-DD, got {surgery!r}"
                           ) from None
     segments = []
-    for j, g in enumerate(c.get(s, "segments", where, list)):
+    if segments_required and "segments" not in s:
+        raise c.error(f"{where}.segments", "missing (to define segments by bead ids, list the "
+                      "reference exam's beads first: `rsa beads STUDY.toml --out beads.csv`)")
+    for j, g in enumerate(c.get(s, "segments", where, list, [])):
         w = f"{where}.segments[{j}]"
         name = c.get(g, "name", w, str)
         definition = c.get(g, "definition", w, str, "coordinates")
-        if definition != "coordinates":
-            raise c.error(f"{w}.definition", f"only 'coordinates' is supported, got "
+        if definition == "coordinates":
+            xyz = _xyz(c, c.get(g, "xyz_mm", w, list), f"{w}.xyz_mm")
+            ids = c.get(g, "bead_ids", w, list,
+                        [f"{name}{k + 1:02d}" for k in range(len(xyz))])
+            if len(ids) != len(xyz) or not all(isinstance(x, str) for x in ids):
+                raise c.error(f"{w}.bead_ids",
+                              f"expected {len(xyz)} strings (one per xyz_mm row)")
+            tol_default = 1.0
+        elif definition == "beads":
+            ids, xyz = _beads_from_file(c, g, w, root)
+            tol_default = 0.5
+        else:
+            raise c.error(f"{w}.definition", f"expected 'coordinates' or 'beads', got "
                           f"{definition!r}")
-        xyz = _xyz(c, c.get(g, "xyz_mm", w, list), f"{w}.xyz_mm")
-        ids = c.get(g, "bead_ids", w, list, [f"{name}{k + 1:02d}" for k in range(len(xyz))])
-        if len(ids) != len(xyz) or not all(isinstance(x, str) for x in ids):
-            raise c.error(f"{w}.bead_ids", f"expected {len(xyz)} strings (one per xyz_mm row)")
         if len(set(ids)) != len(ids):
             raise c.error(f"{w}.bead_ids", "duplicate bead id")
         if len(xyz) < 3:
             raise c.error(f"{w}.xyz_mm", f"a segment needs ≥ 3 beads, got {len(xyz)}")
-        tol = c.get(g, "tolerance_mm", w, (int, float), 1.0)
+        tol = c.get(g, "tolerance_mm", w, (int, float), tol_default)
         if tol <= 0:
             raise c.error(f"{w}.tolerance_mm", f"expected > 0, got {tol}")
         segments.append(SegmentSpec(name, c.get(g, "role", w, str, "bone"), tuple(ids), xyz,
