@@ -2,9 +2,12 @@
 
 Internal module of :mod:`rsa.detect` (used by :mod:`rsa.detect_stages`): evidence of structure
 next to a bead (:func:`structure`), the straight blurred-step background for a bead on an
-implant or bone edge (:func:`edge_refit`) and the joint two-bead fit for two overlapping beads
-found as one (:func:`split_merged`), plus the window-level model helpers both modules share.
-Each refit is kept only where a χ² test (p = 0.001) says the data need its extra parameters.
+implant or bone edge (:func:`edge_refit`), the fit of a bead half over a metal implant edge
+whose plain fit failed (:func:`edge_rescue`, with the noise of the background level:
+:func:`level_variance`) and the joint two-bead fit for two overlapping beads found as one
+(:func:`split_merged`), plus the window-level model helpers both modules share. The edge and
+split refits are kept only where a χ² test (p = 0.001) says the data need their extra
+parameters; a rescue fit must pass the detector's SNR test with a typical amplitude.
 """
 
 from __future__ import annotations
@@ -131,19 +134,18 @@ def structure(r: FitResult, inside: np.ndarray, w: np.ndarray, pu: np.ndarray,
 _EDGE_CHI2 = 18.47
 
 
-def _edge_start(r: FitResult, data: np.ndarray, inside: np.ndarray, pu: np.ndarray,
-                pv: np.ndarray, setup: FitSetup) -> np.ndarray:
-    """Start values (N, NPAR_EDGE) of the edge layout from a plain fit ``r``.
+def _edge_start(p: np.ndarray, model: np.ndarray, data: np.ndarray, inside: np.ndarray,
+                pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Start values (N, NPAR_EDGE) of the edge layout from a plain fit (``p``, ``model``).
 
     The edge direction is the dominant gradient direction (structure tensor) of the window with
     the fitted bead removed, outside the bead's blurred disc; its offset the gradient-weighted
     mean position along that direction. Amplitude and the rest are solved linearly by the fit.
     """
-    p = r.params
     cu, cv = pu[:, setup.half], pv[:, setup.half]
     du = (pu - cu[:, None])[:, None, :]
     dv = (pv - cv[:, None])[:, :, None]
-    bg = data - (r.model - background(p, du, dv))
+    bg = data - (model - background(p, du, dv))
     gv, gu = np.gradient(bg, axis=(1, 2))
     rr = np.hypot(du - (p[:, IU] - cu)[:, None, None], dv - (p[:, IV] - cv)[:, None, None])
     edge = mean_radius(p) + 2.0 * np.exp(p[:, ILS])
@@ -165,7 +167,8 @@ def _edge_start(r: FitResult, data: np.ndarray, inside: np.ndarray, pu: np.ndarr
 
 def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
-               flagged: np.ndarray, fixed: tuple[int, ...], iterations: int) -> FitResult:
+               flagged: np.ndarray, fixed: tuple[int, ...], iterations: int,
+               skip: np.ndarray | None = None) -> FitResult:
     """Refit beads with a straight blurred step in their background where the data ask for it.
 
     An implant or cortical-bone edge under or next to a bead is not a quadratic; fitted as one
@@ -175,8 +178,8 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     reduced χ² times the noise correlation's variance inflation. Candidates for the (costly)
     non-linear refit are the ``flagged`` beads and every bead whose misfit already drops by a
     quarter of that with the step at its start position and only the linear parameters solved
-    (a cheap, liberal screen). Returns the fits of all beads in the edge layout (no step:
-    amplitude 0).
+    (a cheap, liberal screen); never the ``skip`` beads. Returns the fits of all beads in the
+    edge layout (no step: amplitude 0).
     """
     n = len(r.params)
     p = np.zeros((n, NPAR_EDGE))
@@ -184,12 +187,15 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     cov, model, resid, chi2 = (x.copy() for x in (r.cov_uv, r.model, r.resid, r.chi2_red))
     infl = max(float(rho.sum()), 1.0)
     cost0 = r.chi2_red * np.maximum(r.npix - NPAR, 1)
-    q = _edge_start(r, data, inside, pu, pv, setup)
+    q = _edge_start(r.params, r.model, data, inside, pu, pv, setup)
     cu, cv = pu[:, setup.half], pv[:, setup.half]
     q = linear_init(q, data, w, pu, pv, cu, cv, setup)
     m_lin = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
     cost_lin = np.einsum("nij,nij->n", w, (data - m_lin) ** 2)
     screen = (cost0 - cost_lin) / (np.maximum(r.chi2_red, 1e-300) * infl) > 0.25 * _EDGE_CHI2
+    if skip is not None:
+        screen &= ~skip
+        flagged = flagged & ~skip
     idx = np.flatnonzero((flagged | screen) & (r.params[:, IA] > 0))
     if idx.size:
         e = fit(q[idx], data[idx], w[idx], pu[idx], pv[idx], setup, iterations=iterations,
@@ -202,6 +208,79 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
                                                      e.resid[ok], e.chi2_red[ok])
     return FitResult(params=p, cov_uv=cov, resid=resid, model=model, chi2_red=chi2,
                      npix=r.npix)
+
+
+# shape parameters a rescued bead keeps from the image's typical bead
+RESCUE_FIXED = (IR, IE1, IE2, ILS)
+
+
+def level_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
+                   eps: float) -> np.ndarray:
+    """Relative pixel variance from the modelled background level (log display), (N, W, W).
+
+    In a log display a background level ``A·x`` above that at the bead centre (``A``, the bead
+    amplitude, is the display gain per unit ln-attenuation) means that the pixel receives
+    ``T = exp(−x)`` of the quanta there, and its variance is ``(T + eps)/(T²(1 + eps))`` times
+    the centre's (quantum and read-out noise, as for the bead's own transmission). The level is
+    the whole background (quadratic and step): an implant's edge is a step with a ramp. Behind a
+    metal implant (``x`` of 5–10) this is 10²–10⁴: those pixels fix nothing.
+    """
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    du = (pu - cu[:, None])[:, None, :]
+    dv = (pv - cv[:, None])[:, :, None]
+    amp = np.where(p[:, IA] > 0, p[:, IA], np.inf)[:, None, None]
+    at_c = background(p, (p[:, IU] - cu)[:, None, None], (p[:, IV] - cv)[:, None, None])
+    x = np.clip((background(p, du, dv) - at_c) / amp, -30.0, 30.0)
+    t = np.exp(-x)
+    return (t + eps) / (t * t * (1.0 + eps))
+
+
+def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray, bead_var: Any,
+                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
+                iterations: int, eps: float, log_display: bool, *,
+                box: tuple[np.ndarray, float] | None = None, rho: np.ndarray | None = None,
+                rounds: int = 2) -> tuple[FitResult, np.ndarray]:
+    """Fits of beads half over a metal implant edge: typical shape, step, noise of the levels.
+
+    Half over the edge of a metal implant, a bead's plain fit is pulled onto the edge: drifted,
+    elongated and misfitted, it fails the detector's tests although half the bead is plain to
+    see. Two things make such a window unlike a bead's: the step, and the noise behind the
+    implant, which in a log display is ``exp(x)`` times the bead side's (``x`` the implant's
+    ln-attenuation, 5–10 for a stem). This fit models both: the edge layout (step of
+    :func:`edge_refit`) and pixel variances ``bead_var(p) ×`` :func:`level_variance` of the
+    fitted background (log display; ``rounds`` rounds, as an IRLS). With half the disc hidden,
+    radius, blur and ellipticity trade off against the amplitude and collapse onto a small
+    bright ellipse, so they are held at the image's typical bead (:data:`RESCUE_FIXED`, set in
+    ``p0``; a radius free within the range of the image's beads trades off against the
+    amplitude instead, and does not move the centre). ``p0`` is in the plain layout (the step
+    then starts from the window's dominant gradient, :func:`_edge_start`) or the edge layout
+    (a previous rescue fit, refitted).
+
+    Returns the fit and the weights of its last round. The weights depend on the background,
+    not on the bead alone, so they are not symmetric about the centre; and the model adds the
+    step to the bead in the display, while the detector blur acts on the quanta after the
+    implant has attenuated them. A bias along the edge normal remains (0.3–0.5 px on the
+    phantom's stems); the caller flags these beads and widens their uncertainty.
+    """
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    fx = tuple(fixed) + RESCUE_FIXED
+    if p0.shape[1] == NPAR:
+        w = inside / bead_var(p0)
+        p = linear_init(p0, data, w, pu, pv, cu, cv, setup)
+        model = model_and_jacobian(p, pu, pv, cu, cv, setup, jac=False)[0]
+        p = _edge_start(p, model, data, inside, pu, pv, setup)
+        init = True
+    else:
+        p, init = p0, False
+    r = None
+    for _ in range(rounds):
+        w = inside / bead_var(p[:, :NPAR])
+        if log_display:
+            w = w / level_variance(p, pu, pv, setup, eps)
+        r = fit(p, data, w, pu, pv, setup, iterations=iterations, fixed=fx, box=box, rho=rho,
+                init_linear=init)
+        p, init, iterations = r.params, False, max(4, iterations // 2)
+    return r, w
 
 
 _BEAD = (IU, IV, IR, IE1, IE2, ILS, IA)   # parameters of the second bead of a split pair
@@ -282,8 +361,8 @@ _SPLIT_CHI2 = 24.32
 def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
                  pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
                  sel: np.ndarray, fixed: tuple[int, ...], iterations: int,
-                 variance: tuple[np.ndarray, np.ndarray], min_snr: float, max_chi2: float
-                 ) -> tuple[FitResult, np.ndarray, np.ndarray]:
+                 variance: tuple[np.ndarray, np.ndarray], min_snr: float, max_chi2: float,
+                 typical: np.ndarray | None = None) -> tuple[FitResult, np.ndarray, np.ndarray]:
     """Two overlapping beads found as one candidate: split where two beads fit much better.
 
     Beads whose centres lie within about a radius of each other leave one candidate; one bead
@@ -296,7 +375,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     amplitude is the display gain, the same for every bead), each passes the detector's SNR
     test, and the pair's reduced χ² is within ``max_chi2`` of the image's median bead fit
     (misfitted structure, e.g. a screw tip, also gains from a second "bead" but stays
-    misfitted). The pixel weights are those of the
+    misfitted); medians over the ``typical`` beads (default all). The pixel weights are those of the
     pair (transmission of both beads, taper around either). The centres' covariance is the
     joint one, scaled by the reduced χ² and the noise correlation's variance inflation.
 
@@ -310,7 +389,8 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     knots, rel = variance
     infl = max(float(rho.sum()), 1.0)
     r_typ = float(np.sqrt(setup.r_min * setup.r_max))
-    a_typ = float(np.median(r.params[:, IA]))
+    typ = np.ones(len(r.params), bool) if typical is None or not typical.any() else typical
+    a_typ = float(np.median(r.params[typ, IA]))
     p0 = r.params[idx]
     dat, ins, u_, v_ = data[idx], inside[idx], pu[idx], pv[idx]
     e1, e2 = p0[:, IE1], p0[:, IE2]
@@ -356,7 +436,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
           & (np.hypot(*(pa[:, [IU, IV]] - pb[:, [IU, IV]]).T) >= 0.5 * r_typ)
           # and the pair must explain its window as well as a typical bead fit explains its
           # own (structure such as a screw tip also drops χ² when split, but stays misfitted)
-          & (red <= max_chi2 * float(np.median(r.chi2_red)))
+          & (red <= max_chi2 * float(np.median(r.chi2_red[typ])))
           & (pa[:, IA] > 0.5 * a_typ) & (pa[:, IA] < 2.0 * a_typ)
           & (pb[:, IA] > 0.5 * a_typ) & (pb[:, IA] < 2.0 * a_typ))
     if not ok.any():

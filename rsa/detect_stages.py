@@ -12,7 +12,11 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    atypical fits are restarted from the typical shape;
 4. deblending: the neighbours' bead models are subtracted from each window and the beads with
    neighbours refitted, alternately, until the centres settle;
-5. tests (SNR, radius, drift, shape) and removal of duplicates;
+5. tests (SNR, radius, drift, shape); candidates that fail them are refitted as beads half over a
+   metal implant edge (typical shape, a blurred step in the background, pixel noise growing with
+   the background level: :func:`rsa.detect_refits.edge_rescue`) and kept if that fit passes the
+   SNR test with a typical amplitude (flagged occluded, uncertainty widened along the edge
+   normal); removal of duplicates;
 6. final weighted pass: pixel variance as a function of the modelled transmission (pooled,
    from the residuals), the sandwich covariance under the image's noise correlation (detector
    blur, from the noise itself), scaled per bead by its reduced χ² and the misfit around it,
@@ -24,8 +28,9 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    beads (joint fit, same kind of test) — both in :mod:`rsa.detect_refits`;
 8. quality flags.
 
-Weights are always symmetric about the current centre (functions of the bead model), so they
-cannot bias the centre.
+Weights are symmetric about the current centre (functions of the bead model), so they cannot
+bias the centre — except for the rescued beads of step 5, whose weights also follow the
+background level across the implant edge.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from rsa.detect_refine import (
     IE1,
     IE2,
     IEA,
+    IET,
     ILC,
     ILK,
     ILS,
@@ -50,8 +56,10 @@ from rsa.detect_refine import (
     IU,
     IV,
     NPAR,
+    NPAR_EDGE,
     FitResult,
     FitSetup,
+    background,
     fit,
     make_setup,
     noise_correlation,
@@ -61,6 +69,7 @@ from rsa.detect_refits import (
     bead_model,
     blocked,
     edge_refit,
+    edge_rescue,
     mean_radius,
     peak_contrast,
     split_merged,
@@ -252,6 +261,41 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     distorted = ecc > opts.max_ellipticity
     good = ((snr >= opts.min_snr) & (rad >= 0.6 * r_lo) & (rad <= 1.25 * r_hi)
             & (~distorted | (cround >= 0.5)) & (drift <= np.maximum(1.0 + cstep, 0.6 * rad)))
+    # a bead half over a metal implant edge fails these tests as a plain fit: refit the failed
+    # candidates with the typical shape, the step and the noise behind the implant, and apply
+    # the same SNR test and a typical amplitude (0.5–2×, as for a split bead) to that fit
+    rescue = np.full((n, NPAR_EDGE), np.nan)
+    fail = np.flatnonzero(~good)
+    if fail.size and good.sum() >= 3:
+        # only where the background changes across the window by more than the detector's
+        # "strong" fraction (edge_ratio) of a typical bead's contrast: a metal edge
+        du = (pu[fail] - pu[fail, setup.half, None])[:, None, :]
+        dv = (pv[fail] - pv[fail, setup.half, None])[:, :, None]
+        bg = background(p[fail], du, dv)
+        ins = inside[fail] > 0
+        span = np.where(ins, bg, -np.inf).max(axis=(1, 2)) - np.where(ins, bg, np.inf).min(
+            axis=(1, 2))
+        c_typ = float(np.median(peak_contrast(model[good], p[good], pu[good], pv[good])))
+        fail = fail[span > opts.edge_ratio * c_typ]
+    if fail.size and good.sum() >= 3:
+        q = p[fail].copy()
+        q[:, IU], q[:, IV] = cuv[fail, 0], cuv[fail, 1]
+        q[:, IR], q[:, ILS] = np.median(p[good, IR]), np.median(p[good, ILS])
+        q[:, IE1] = q[:, IE2] = 0.0
+        pu_f, pv_f = pu[fail], pv[fail]
+        e, _ = edge_rescue(q, data[fail], inside[fail],
+                           lambda x: _rel_variance(x, pu_f, pv_f, setup, eps), pu_f, pv_f,
+                           setup, fx, opts.iterations, eps, log_display,
+                           box=(cuv[fail].astype(float), max(1.0 + cstep, 0.25 * r_lo)))
+        pe = e.params
+        snr_e = peak_contrast(e.model, pe, pu_f, pv_f) / np.sqrt(np.maximum(e.chi2_red, 1e-300))
+        amp = pe[:, IA] / np.median(p[good, IA])
+        ok = ((snr_e >= opts.min_snr) & (amp >= 0.5) & (amp <= 2.0)
+              & np.isfinite(pe).all(1) & (pe[:, IEA] != 0.0))
+        k = fail[ok]
+        good[k] = True
+        rescue[k] = pe[ok]
+        p[k], snr[k], distorted[k] = pe[ok, :NPAR], snr_e[ok], False
     # duplicates: two candidates converged on one bead -> keep the higher SNR
     idx = np.flatnonzero(good)
     pr = _close_pairs(p[idx][:, [IU, IV]], 0.5 * r_lo)
@@ -264,7 +308,8 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     if keep.size == 0:
         return _empty()
     p, data0, inside, pu, pv = p[keep], data0[keep], inside[keep], pu[keep], pv[keep]
-    cround, resid, distorted = cround[keep], resid[keep], distorted[keep]
+    cround, resid, distorted, rescue = cround[keep], resid[keep], distorted[keep], rescue[keep]
+    rescued = np.isfinite(rescue[:, 0])
     # neighbours among the accepted beads only (rejected candidates no longer subtract)
     pairs = _close_pairs(p[:, [IU, IV]], 2.0 * setup.half + 1.0)
     data = data0 - _neighbour_models(p, pu, pv, setup, pairs) if len(pairs) else data0
@@ -272,7 +317,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # (detector blur), scaled by the bead's own reduced χ²
     # data-driven variance(transmission) from the residuals, then the final weighted fit
     t = 1.0 - blocked(p, pu, pv, setup)
-    knots, rel = transmission_variance(t, resid, inside, np.ones(len(p), bool))
+    knots, rel = transmission_variance(t, resid, inside, ~rescued)
     w = inside / (np.interp(t, knots, rel) * taper(p, pu, pv))
     rho, s_det = noise_correlation(work)
     r = fit(p, data, w, pu, pv, setup, iterations=max(4, opts.iterations // 2), rho=rho,
@@ -280,25 +325,49 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # structure next to the bead (implant or bone edge): flagged from the plain fit, then such
     # beads are refitted with a straight blurred step in their background
     near_edge, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
-    r = edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations)
+    r = edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations,
+                   rescued)
+    if rescued.any():
+        # the rescued beads' own fit (step, noise behind the implant), with the covariance
+        i = np.flatnonzero(rescued)
+        pu_r, pv_r = pu[i], pv[i]
+
+        def var_r(x: np.ndarray) -> np.ndarray:
+            return np.interp(1.0 - blocked(x, pu_r, pv_r, setup), knots, rel) * taper(
+                x, pu_r, pv_r)
+
+        e, w[i] = edge_rescue(rescue[i], data[i], inside[i], var_r, pu_r, pv_r, setup, fx,
+                              4, eps, log_display, rho=rho, rounds=1)
+        for name in ("params", "cov_uv", "model", "resid", "chi2_red"):
+            getattr(r, name)[i] = getattr(e, name)
+        t[i] = 1.0 - blocked(e.params, pu_r, pv_r, setup)
     # a bead whose background needed the step is next to an edge
-    near_edge |= r.params[:, IEA] != 0.0
+    near_edge |= (r.params[:, IEA] != 0.0) | rescued
     # two overlapping beads seen as one: misfit on the disc or a distorted shape, away from
     # structure (next to an edge a second "bead" can absorb the edge model's own misfit and is
     # not identifiable against it), and elongated: two equal discs half a radius apart (the
     # closest pair split_merged accepts) have second moments in the ratio 1 + (1/2)² along
     # and across their axis, an ellipticity e = 0.11; half of that screens round fits out.
+    # A bead next to structure is tried too when its fit is elongated to the limit and the
+    # step found there is weak (below edge_ratio of the bead's contrast, the detector's own
+    # "strong background change"): a weak step cannot stretch a bead, a second bead can (its
+    # neighbour makes the ring misfit look like structure).
     # (The disc χ² of the plain fit holds: the edge refit changed only beads near an edge.)
     ecc = np.hypot(r.params[:, IE1], r.params[:, IE2])
-    merged = ~near_edge & (ecc > 0.055) & (distorted | (chi2_disc > opts.max_chi2)
-                                           | (ecc > opts.max_ellipticity))
+    weak_step = np.abs(r.params[:, IEA]) < opts.edge_ratio * peak_contrast(
+        r.model, r.params, pu, pv)
+    stretched = (ecc > opts.max_ellipticity) & weak_step & ~rescued
+    merged = (~near_edge | stretched) & (ecc > 0.055) & (
+        distorted | (chi2_disc > opts.max_chi2) | (ecc > opts.max_ellipticity))
     r, parent, w = split_merged(r, data, inside, w, pu, pv, setup, rho, merged, fx,
-                                 opts.iterations, (knots, rel), opts.min_snr, opts.max_chi2)
+                                 opts.iterations, (knots, rel), opts.min_snr, opts.max_chi2,
+                                 ~rescued)
     if parent.size:
         n0 = len(cround)
         rows = np.concatenate([np.arange(n0), parent])
         pu, pv, inside, cround = pu[rows], pv[rows], inside[rows], cround[rows]
         near_edge, distorted, t = near_edge[rows], distorted[rows], t[rows]
+        rescued = rescued[rows]   # never split: a rescued bead is next to an edge
         split = np.zeros(len(rows), bool)
         split[parent] = True
         split[n0:] = True
@@ -330,8 +399,15 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     birge = np.maximum.reduce([np.ones(len(p)), chi2_ring / np.median(chi2_ring), chi2])
     sig = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None) * birge[:, None]
                   + opts.model_error_px ** 2)
+    # a rescued bead's model leaves out how the implant edge is imaged: the detector blur (σ_d,
+    # from the noise correlation) acts on the quanta after the implant has attenuated them, so
+    # the half-hidden bead is shifted along the edge normal by up to about σ_d (0.1–0.2 px on a
+    # 2.8 ln-attenuation plate, 0.1–0.45 px on the phantom's stems, σ_d ≈ 0.6 px): added there
+    n_edge = np.stack([np.cos(p[:, IET]), np.sin(p[:, IET])], 1) * s_det
+    sig = np.where(rescued[:, None], np.hypot(sig, n_edge), sig)
     H, Wd = work.shape
-    occluded = (chi2 > opts.max_chi2) | distorted
+    # a rescued bead is half hidden by the implant edge it was found on
+    occluded = (chi2 > opts.max_chi2) | distorted | rescued
     clipped = ((uv[:, 0] - rad < -0.5) | (uv[:, 1] - rad < -0.5)
                | (uv[:, 0] + rad > Wd - 0.5) | (uv[:, 1] + rad > H - 0.5))
     touching = np.zeros(len(p), bool)
