@@ -159,6 +159,70 @@ def test_bead_file_errors(tmp_path):
         load_manifest(path)
 
 
+GROUP_L5 = BEADS_L5.replace('beads = ["P02", "P05", "P07"]', 'group = "G2"')
+GROUPED_CSV = ("bead_id,x,y,z,quality,group,cle_mm\nP02,1.5,2,30,bead,G2,0.01\n"
+               "P05,10,0,30.25,bead,G2,0.01\nP07,0,10,30,candidate,,0.2\nP09,5,5,5,bead,G1,0.01\n"
+               "P11,0,11,30,bead,G2,0.01\n")
+
+
+def _group_manifest(tmp_path, segment=GROUP_L5):
+    path = _beads_manifest(tmp_path, segment)
+    (tmp_path / "ref_beads.csv").write_text(GROUPED_CSV)
+    return path
+
+
+def test_segment_defined_by_group(tmp_path):
+    """Definition (3): the beads of one group of `rsa beads --group`, in file order."""
+    seg = load_manifest(_group_manifest(tmp_path)).subjects[0].segment("L5")
+    assert seg.bead_ids == ("P02", "P05", "P11")
+    assert seg.xyz_mm.tolist() == [[1.5, 2.0, 30.0], [10.0, 0.0, 30.25], [0.0, 11.0, 30.0]]
+    assert seg.tolerance_mm == 0.5
+
+
+def test_read_bead_groups(tmp_path):
+    from rsa.io.beadfile import read_bead_file, read_bead_groups
+
+    path = tmp_path / "g.csv"
+    path.write_text(GROUPED_CSV)
+    assert read_bead_groups(path) == {"P02": "G2", "P05": "G2", "P07": "", "P09": "G1",
+                                      "P11": "G2"}
+    assert list(read_bead_file(path)) == ["P02", "P05", "P07", "P09", "P11"]  # unchanged
+    path.write_text("bead_id,x,y,z\nP01,1,2,3\n")
+    with pytest.raises(InputError, match=r"g\.csv: no `group` column \(columns: bead_id, x, y, "
+                                         r"z\); expected a bead file written by `rsa beads"):
+        read_bead_groups(path)
+    path.write_text("bead_id,x,y,z,group\nP01,1,2,nan,G1\n")
+    with pytest.raises(InputError, match=r"g\.csv: line 2: expected a bead id and finite"):
+        read_bead_groups(path)
+
+
+@pytest.mark.parametrize(("segment", "csv", "match"), [
+    (GROUP_L5 + '\nbeads = ["P02", "P05", "P07"]', GROUPED_CSV,
+     r"`subjects\[0\].segments\[1\]`: expected exactly one of `beads` \(a list of bead ids\) "
+     r"and `group` .*got both"),
+    (GROUP_L5.replace('group = "G2"', ""), GROUPED_CSV,
+     r"`subjects\[0\].segments\[1\]`: expected exactly one of .*got neither"),
+    (GROUP_L5.replace('"G2"', "2"), GROUPED_CSV,
+     r"`subjects\[0\].segments\[1\].group`: expected str, got int 2"),
+    (GROUP_L5.replace('"G2"', '"G7"'), GROUPED_CSV,
+     r"`subjects\[0\].segments\[1\].group`: no bead of group 'G7' in ref_beads\.csv "
+     r"\(groups: G1, G2\)"),
+    (GROUP_L5, "bead_id,x,y,z,quality\nP02,1.5,2,30,bead\n",
+     r"`subjects\[0\].segments\[1\].group`: .*ref_beads\.csv: no `group` column"),
+    (GROUP_L5, "bead_id,x,y,z,group\nP02,1.5,2,30,\n",
+     r"no bead of group 'G2' in ref_beads\.csv \(groups: none\)"),
+    (GROUP_L5.replace('"beads"', '"auto"'), GROUPED_CSV,
+     r"`subjects\[0\].segments\[1\].definition`: expected 'coordinates' or 'beads', got "
+     r"'auto' \(automatic segments: `rsa beads STUDY.toml --out FILE --group`"),
+])
+def test_group_segments_hostile(tmp_path, segment, csv, match):
+    path = _beads_manifest(tmp_path, segment)
+    (tmp_path / "ref_beads.csv").write_text(csv)
+    with pytest.raises(InputError, match=match) as err:
+        load_manifest(path)
+    assert str(path) in str(err.value)
+
+
 def test_listing_manifest_without_segments(tmp_path):
     head, _, _ = GOOD.partition("[[motions]]")
     exams = GOOD[GOOD.index("[[subjects.exams]]"):]

@@ -9,7 +9,10 @@ Three uses share the format:
 * a manual label override of an exam (``labels = "file.csv"`` in the manifest) gives
   approximate positions of named beads in that exam.
 
-Coordinates are in the cage (lab) frame, mm. Extra columns are ignored on reading.
+``rsa beads --group`` adds a ``group`` column (``G1``, ``G2``, …, empty for none: DESIGN §4,
+segment definition (3)), read by :func:`read_bead_groups`; a manifest segment may then name a
+group instead of listing bead ids. Coordinates are in the cage (lab) frame, mm. Other extra
+columns are ignored on reading.
 """
 
 from __future__ import annotations
@@ -28,11 +31,42 @@ from rsa.io.atomic import atomic_write_text
 def read_bead_file(path: str | Path) -> dict[str, np.ndarray]:
     """Bead id → (3,) coordinates (mm) from a bead file; InputError naming file and line."""
     path = Path(path)
+    return _parse(path, _rows(path)[1])
+
+
+def read_bead_groups(path: str | Path) -> dict[str, str]:
+    """Bead id → rigid group (``G1``, ``G2``, …; ``""`` for none) from the ``group`` column of
+    a bead file written by ``rsa beads --group`` (DESIGN §4, segment definition (3)).
+
+    Raises
+    ------
+    InputError
+        The file has no ``group`` column, or is not a valid bead file (see
+        :func:`read_bead_file`).
+    """
+    path = Path(path)
+    header, rows = _rows(path)
+    if "group" not in header:
+        raise InputError(f"{path}: no `group` column (columns: {', '.join(header)}); expected a "
+                         "bead file written by `rsa beads ... --group`.")
+    ids = _parse(path, rows)
+    return {b: (row["group"] or "").strip() for b, row in zip(ids, rows, strict=True)}
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict]]:
+    """Header and rows of a bead file's CSV."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
     except OSError as exc:
         raise InputError(f"{path}: cannot read bead file ({exc}).") from None
+    return header, rows
+
+
+def _parse(path: Path, rows: list[dict]) -> dict[str, np.ndarray]:
+    """Validated bead id → (3,) coordinates, in file order (one entry per row)."""
     out: dict[str, np.ndarray] = {}
     for k, row in enumerate(rows, start=2):
         try:

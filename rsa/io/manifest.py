@@ -262,13 +262,21 @@ def _xyz(c: _Ctx, value: Any, where: str, *, single: bool = False) -> np.ndarray
 
 
 def _beads_from_file(c: _Ctx, g: dict, w: str, root: Path) -> tuple[list[str], np.ndarray]:
-    """Segment definition (1): bead ids of a bead file written by ``rsa beads`` (or by hand)
-    for the subject's reference exam; the file gives their reference coordinates."""
-    from rsa.io.beadfile import read_bead_file
+    """Segment definitions (1) and (3): bead ids of a bead file written by ``rsa beads`` (or by
+    hand) for the subject's reference exam — listed in ``beads``, or all beads of one rigid
+    ``group`` of ``rsa beads --group``; the file gives their reference coordinates."""
+    from rsa.io.beadfile import read_bead_file, read_bead_groups
 
-    ids = c.get(g, "beads", w, list)
-    if not ids or not all(isinstance(x, str) for x in ids):
-        raise c.error(f"{w}.beads", "expected a list of bead ids (strings) from the bead file")
+    if ("beads" in g) == ("group" in g):
+        raise c.error(w, "expected exactly one of `beads` (a list of bead ids) and `group` (a "
+                      "group of `rsa beads --group`, e.g. \"G1\"), got "
+                      f"{'both' if 'beads' in g else 'neither'}")
+    group = c.get(g, "group", w, str) if "group" in g else None
+    if group is None:
+        ids = c.get(g, "beads", w, list)
+        if not ids or not all(isinstance(x, str) for x in ids):
+            raise c.error(f"{w}.beads", "expected a list of bead ids (strings) from the bead "
+                          "file")
     path = root / c.get(g, "bead_file", w, str)
     if not path.is_file():
         raise c.error(f"{w}.bead_file", f"bead file not found: {path}")
@@ -276,6 +284,16 @@ def _beads_from_file(c: _Ctx, g: dict, w: str, root: Path) -> tuple[list[str], n
         table = read_bead_file(path)
     except InputError as exc:
         raise c.error(f"{w}.bead_file", str(exc)) from None
+    if group is not None:
+        try:
+            groups = read_bead_groups(path)
+        except InputError as exc:
+            raise c.error(f"{w}.group", str(exc)) from None
+        ids = [b for b, x in groups.items() if x == group]
+        if not ids:
+            known = sorted(set(groups.values()) - {""}, key=lambda x: (len(x), x))
+            raise c.error(f"{w}.group", f"no bead of group {group!r} in {path.name} (groups: "
+                          f"{', '.join(known) or 'none'})")
     unknown = [b for b in ids if b not in table]
     if unknown:
         raise c.error(f"{w}.beads", f"not in {path.name}: {', '.join(unknown)}")
@@ -314,8 +332,10 @@ def _subject(c: _Ctx, s: dict, where: str, root: Path, check_files: bool,
             ids, xyz = _beads_from_file(c, g, w, root)
             tol_default = 0.5
         else:
+            hint = (" (automatic segments: `rsa beads STUDY.toml --out FILE --group`, then "
+                    "definition = 'beads' with group = 'G1', ...)" if definition == "auto" else "")
             raise c.error(f"{w}.definition", f"expected 'coordinates' or 'beads', got "
-                          f"{definition!r}")
+                          f"{definition!r}{hint}")
         if len(set(ids)) != len(ids):
             raise c.error(f"{w}.bead_ids", "duplicate bead id")
         if len(xyz) < 3:
