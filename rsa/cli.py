@@ -217,36 +217,46 @@ def beads(
     subject: str = typer.Option(None, "--subject", help="Subject id (default: the first)."),
     exam: str = typer.Option(None, "--exam", help="Exam id (default: the reference exam)."),
     figure: str = typer.Option(None, "--figure", help="Also write an overlay PNG with ids."),
+    group: bool = typer.Option(False, "--group", help="Also group the beads by rigid motion "
+                               "across the subject's other exams (column `group`: G1, G2, ...)."),
+    tol: float = typer.Option(None, "--tol", help="Rigidity tolerance of --group, mm "
+                              "(default 0.15).", min=1e-6),
 ) -> None:
     """List the 3D beads of a reference exam with ids, to define segments by bead id.
 
     In the manifest, a segment then reads ``definition = "beads"``, ``bead_file = "<out>"``,
-    ``beads = ["P03", "P07", ...]`` (examples/README.md).
+    ``beads = ["P03", "P07", ...]``, or with ``--group`` ``group = "G1"`` (examples/README.md).
     """
     import warnings
 
     from rich.console import Console
     from rich.table import Table
 
-    from rsa.beads import list_beads, write_listing
+    from rsa.beads import group_listing, list_beads, write_listing
     from rsa.errors import RsaWarning
     from rsa.io.manifest import load_manifest
 
+    if tol is not None and not group:
+        raise typer.BadParameter("--tol applies to --group only.", param_hint="--tol")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RsaWarning)
             study = load_manifest(manifest, segments_required=False)
             listing = list_beads(study, subject, exam)
+            if group:
+                listing, _ = group_listing(study, listing, tol_mm=tol)
             paths = write_listing(listing, out, figure)
     except RsaError as exc:
         fail(exc)
     table = Table(title=f"{listing.subject} {listing.exam.id}: 3D beads (cage frame, mm)")
-    for col in ("id", "x", "y", "z", "CLE", "quality"):
+    names = listing.group_names or ("",) * len(listing.ids)
+    for col in ("id", "x", "y", "z", "CLE", "quality", *(("group",) if group else ())):
         table.add_column(col)
     m, o = listing.measurement, listing.order
-    for i, p, c, q in zip(listing.ids, listing.xyz_mm, m.cle_mm[o], listing.candidate,
-                          strict=True):
-        table.add_row(i, *(f"{v:.2f}" for v in p), f"{c:.3f}", "candidate" if q else "bead")
+    for i, p, c, q, g in zip(listing.ids, listing.xyz_mm, m.cle_mm[o], listing.candidate,
+                             names, strict=True):
+        table.add_row(i, *(f"{v:.2f}" for v in p), f"{c:.3f}", "candidate" if q else "bead",
+                      *((g,) if group else ()))
     Console().print(table)
     typer.echo(f"Wrote {', '.join(str(x) for x in paths)}.")
 
