@@ -59,17 +59,18 @@ class GroupResult:
     ----------
     group : (K,) int ndarray
         Final group of each reference bead (0 = the largest), −1 for none: a bead that moved
-        relative to every group, a false point, a bead never matched in any exam or one that
-        fits more than one group (`ambiguous`).
+        relative to its group (`displaced`) or fits more than one group (`ambiguous`), a bead
+        of a group of fewer than ``min_beads``, a false point or a bead never matched.
     index : (E, K) int ndarray
-        Index of each reference bead's point in each exam, −1 where it was in no rigid group of
-        that exam.
+        Index of each reference bead's point in each exam, −1 where not found: neither in a
+        rigid group of that exam nor within ``tol_mm`` of where its final group's fit puts it.
     exam_group : (E, K) int ndarray
         The per-exam partition: rigid group of each bead in each exam (0 = found first, the
         largest), −1 where in none.
     displaced : (E, K) bool ndarray
-        In none of the exam's groups, but an unclaimed point lies within ``gate_mm`` of where
-        one of them puts the bead: the bead moved relative to every group in that exam.
+        A member of a final group not matched in that exam, whose nearest free point to where
+        the group's fit puts it lies beyond ``tol_mm`` but within ``gate_mm``: it moved
+        relative to its group (e.g. a loose bead) and left the group.
     separated : (K, K) bool ndarray
         Some exam put the two beads apart (symmetric; False on the diagonal).
     ambiguous : (K,) bool ndarray
