@@ -254,7 +254,7 @@ _edge_rescue = rsa.detect_stages.edge_rescue
 def metal_scenes():
     out = []
     for seed in METAL_SEEDS:
-        rv, dist, r_px = _scene(seed, METAL_MM)
+        rv, _, _ = _scene(seed, METAL_MM)
         beads = detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(rsa.detect_stages, "edge_rescue", _without_rescue)
@@ -278,7 +278,8 @@ def test_metal_edge_beads_rescued(metal_scenes):
         assert np.all(d_false < 1.0), beads.uv_px[d_false >= 1.0]
         rescued = _errors(plain, rv.uv_px)[0] >= 1.0
         k = j[rescued]
-        assert beads.occluded[k].all() and beads.near_edge[k].all()
+        assert beads.occluded[k].all()
+        assert beads.near_edge[k].all()
         # the bias the model leaves (detector blur after the plate's attenuation) is below the
         # detector blur, and the widened sigma covers it; noise alone is ≈ 0.02 px here
         assert np.all(np.hypot(*err[rescued].T) <= 0.5 * s_det), err[rescued]

@@ -38,7 +38,8 @@ Known limitations (strict expected failures below, so that they fail loudly once
   stays under ``max_ellipticity`` = 0.3 and its disc χ² under ``max_chi2``), so the split is
   never tried. From 1.2 radii up the pair's misfit increasingly sets ``near_edge``, which also
   excludes the split unless the fit is elongated to ``max_ellipticity`` with only a weak step
-  in its background (tried since the rescue commit; the statistics below are from before). Over seeds 0–9, 6 pairs per scene all at one separation (60 pairs each),
+  in its background (tried since the rescue commit; the statistics below are from before).
+  Over seeds 0–9, 6 pairs per scene all at one separation (60 pairs each),
   both beads within 0.5 px with distinct detections: 0/60 at 0.5 radii, 1 at 0.6, 3 at 0.7,
   17 at 0.8, 44 at 0.9, 42 at 1.0, 45 at 1.1, 48 at 1.2, 32 at 1.3, 25 at 1.4, 16 at 1.6,
   39 at 1.8 (without the split 0/60 up to 1.1, 3 at 1.2, 10 at 1.6, 39 at 1.8: from ≈ 1.6–1.8
