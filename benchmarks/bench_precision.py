@@ -42,7 +42,8 @@ an ideal pipeline; 1.5 is the issue's allowance.
 Diagnostic (printed, not checked) to split an excess between detection and calibration: the
 pipeline's 2D error of the used beads against the truth (RMS, and RMS of error / CRLB σ), and the
 *2D-only SD*: the pipeline's own detected 2D centres triangulated through the TRUE geometry and
-put through the same fits — the observed SD without the calibration error.
+put through the same fits with the pipeline's own bead weights (``rsa.pipeline._bead_sigma``) —
+the observed SD without the calibration error.
 
 ``--implied pipeline`` (previous method, circular: it relies on the pipeline's own per-bead σ):
 the analysis repeated on the measured 3D beads perturbed by their propagated uncertainty (from
@@ -68,7 +69,7 @@ from _crlb import crlb
 from scipy.spatial import cKDTree
 
 from rsa.errors import RsaWarning
-from rsa.pipeline import analyse_study
+from rsa.pipeline import _bead_sigma, analyse_study
 from rsa.series import COMPONENTS, analyse_subject, double_exam_differences
 from rsa.synthetic import write_study
 from rsa.synthetic.render import RenderOptions
@@ -138,7 +139,7 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
     seg_names = [s.name for s in scene.segments]
     t_by_id = {e["id"]: e for e in truth["exams"]}
     s_by_id = {e.id: e for e in scene.exams}
-    pts_draws, det_pts, sig3 = [], [], []
+    pts_draws, det_pts, sig3, det_sig = [], [], [], []
     for e in subj.exams:
         te, se = t_by_id[e.id], s_by_id[e.id]
         xyz = np.concatenate([np.asarray(te["segments"][n]["xyz_mm"]) for n in seg_names])
@@ -192,8 +193,10 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
         if det_rays:
             (fa, da), (fb, db) = det_rays
             det_pts.append(intersect_rays(fa, da, fb, db)[0])
+            det_sig.append(_bead_sigma(m)[j[used]])   # the pipeline's own fit weights
         else:
             det_pts.append(np.zeros((0, 3)))
+            det_sig.append(np.zeros(0))
         sig3.append(np.sqrt(np.mean(np.sum((p - xyz[used]) ** 2, -1), 0)))
         stats["sigma_3d"].append(sig3[-1])
     out = []
@@ -202,7 +205,7 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
         sim_diff = double_exam_differences(sim, spec)[0]
         if len(sim_diff):
             out.append(sim_diff)
-    det = double_exam_differences(_quiet_subject(subj, det_pts, res.study, sig3), spec)[0]
+    det = double_exam_differences(_quiet_subject(subj, det_pts, res.study, det_sig), spec)[0]
     return out, det
 
 
@@ -293,7 +296,8 @@ def main() -> int:
               + (f"{sd_det[k]:>12.4f}" if det_only else ""))
     if det_only:
         print("2D-only SD: the pipeline's detected 2D centres triangulated through the TRUE "
-              "geometry (no calibration error), same fits — diagnostic, not checked")
+              "geometry (no calibration error), same fits and weights — diagnostic, not "
+              "checked")
     print(f"time: total {time.perf_counter() - t_start:.1f} s (phantom + pipeline "
           f"{stats['pipeline_s']:.1f} s, CRLB {stats['crlb_s']:.1f} s, Monte Carlo "
           f"{stats['mc_s']:.1f} s)")
