@@ -6,6 +6,15 @@ centre (finite differences of :func:`rsa.synthetic.render.render_expected` with 
 ±δ along the detector axes, mapped to px with the exact projection), C the pixel covariance of the
 renderer's noise model — Poisson quanta spread by the detector blur plus read-out noise, through
 the log display (delta method), plus rounding.
+
+``nuisance=True`` also gives the bound when the estimator must estimate what no analysis of a
+patient image knows: each bead's contrast (a factor on its display contribution) and radius, and
+the local background (a quadratic in the window, as the detector fits). The centre-only bound
+takes them as known exactly; the Fisher matrix then has 2 + 8 columns and the centre block of its
+inverse is the bound [1]_.
+
+.. [1] Kay SM. Fundamentals of Statistical Signal Processing: Estimation Theory. Prentice Hall
+       1993, §3.7 (vector parameter, nuisance parameters: the bound is the block of F⁻¹).
 """
 
 from __future__ import annotations
@@ -18,14 +27,16 @@ import numpy as np
 from rsa.synthetic.render import display_scale, render_expected
 
 
-def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None):
+def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
+         nuisance=False):
     """Per-bead Cramér–Rao bound (σ_u, σ_v) in px for beads ``which`` (see module doc).
 
     ``opts`` are the render options of the noisy image (its noise model is used; the expected
     image is rendered with the same options and ``noise=False``); ``uv_px`` the exact projections
     of ``centres``; ``move`` (bool mask, default all) the beads displaced for the derivatives.
     Beads whose window (plus the detector-blur margin) leaves the image get NaN, beads without
-    information (singular Fisher matrix, e.g. behind metal) inf.
+    information (singular Fisher matrix, e.g. behind metal) inf. With ``nuisance`` returns the
+    centre-only bound and the bound with contrast, radius and quadratic background unknown.
     """
     e_opts = replace(opts, noise=False)
     rows, cols = view.shape
@@ -44,6 +55,18 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None)
                                 options=e_opts).display
         J[ax] = (plus - minus) / 2.0
         duv[ax] = (view.project(centres + d_mm * vec) - view.project(centres - d_mm * vec)) / 2
+    if nuisance:
+        # contrast: the moved beads' display contribution; radius: ±1 % (per unit relative
+        # radius); both for all moved beads at once, like the centre derivatives
+        bare = render_expected(view, centres[~mv], radii[~mv], capsules=capsules,
+                               options=e_opts).display
+        J["a"] = base.display - bare
+        eps = 0.01
+        J["r"] = sum(sgn * render_expected(view, centres, radii * (1 + sgn * eps * mv),
+                                           capsules=capsules, options=e_opts).display
+                     for sgn in (1.0, -1.0)) / (2 * eps)
+        yy, xx = (np.mgrid[-half:half + 1, -half:half + 1] / half).reshape(2, -1)
+        poly = np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy], 1)
     # noise covariance in a (2h+1)² window: S = G·Poisson(I) + e·N, D = k ln(2I0/S)
     sig = opts.detector_blur_px
     g1 = cv2.getGaussianKernel(2 * int(np.ceil(4 * sig)) + 1, sig).ravel()
@@ -54,6 +77,7 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None)
         G1[i, i:i + g1.size] = g1
     G = np.kron(G1, G1)
     out = np.full((len(centres), 2), np.nan)
+    out_n = np.full((len(centres), 2), np.nan)
     for b in np.flatnonzero(which):   # one 441×441 solve per bead (benchmark-side truth)
         u0, v0 = np.rint(uv_px[b]).astype(int)
         if not (half + m <= u0 < cols - half - m and half + m <= v0 < rows - half - m):
@@ -69,9 +93,14 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None)
         A = np.stack([J["u"][win].ravel(), J["v"][win].ravel()], 1)   # per δ mm
         M = np.stack([duv["u"][b], duv["v"][b]], 1)                   # px per δ mm (2×2)
         Jpx = A @ np.linalg.inv(M)                                     # ∂D/∂(u, v)
-        F = Jpx.T @ np.linalg.solve(C, Jpx)
-        try:
-            out[b] = np.sqrt(np.diag(np.linalg.inv(F)))
-        except np.linalg.LinAlgError:   # no information (e.g. bead behind metal)
-            out[b] = np.inf
-    return out
+        parts = [Jpx]
+        if nuisance:
+            parts += [J["a"][win].ravel()[:, None], J["r"][win].ravel()[:, None], poly]
+        Af = np.concatenate(parts, 1)
+        F = Af.T @ np.linalg.solve(C, Af)
+        for res, Fk in ((out, F[:2, :2]), (out_n, F)):
+            try:
+                res[b] = np.sqrt(np.diag(np.linalg.inv(Fk))[:2])
+            except np.linalg.LinAlgError:   # no information (e.g. bead behind metal)
+                res[b] = np.inf
+    return (out, out_n) if nuisance else out

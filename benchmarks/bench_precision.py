@@ -43,7 +43,10 @@ Diagnostic (printed, not checked) to split an excess between detection and calib
 pipeline's 2D error of the used beads against the truth (RMS, and RMS of error / CRLB σ), and the
 *2D-only SD*: the pipeline's own detected 2D centres triangulated through the TRUE geometry and
 put through the same fits with the pipeline's own bead weights (``rsa.pipeline._bead_sigma``) —
-the observed SD without the calibration error.
+the observed SD without the calibration error. And the ratio of each bead's bound with its
+contrast, radius and a quadratic local background unknown (``_crlb.crlb(..., nuisance=True)``)
+to the centre-only bound used: how much the implied SD owes to knowing them (on the spine
+phantom: median 1.01).
 
 ``--implied pipeline`` (previous method, circular: it relies on the pipeline's own per-bead σ):
 the analysis repeated on the measured 3D beads perturbed by their propagated uncertainty (from
@@ -102,13 +105,14 @@ def implied_pipeline(res, subj, diff, spec, mc, rng):
 
 
 def exam_crlb(scene, exam, opts):
-    """{view name: (K, 2) CRLB σ px} of every patient bead (segment order) in `exam`."""
+    """{view name: (K, 2) CRLB σ px} of every patient bead (segment order) in `exam`, and the
+    same with each bead's contrast, radius and a quadratic background unknown (diagnostic)."""
     cage = scene.cage
     beads = scene.exam_beads(exam)
     pat = np.concatenate(list(beads.values()))
     pat_r = np.concatenate([s.diameter_mm for s in scene.segments]) / 2
     caps = scene.exam_capsules(exam)
-    out = {}
+    out, out_n = {}, {}
     for view in exam.views:
         uv_p = view.project(pat)
         uv_c = view.project(cage.xyz_mm)
@@ -116,9 +120,10 @@ def exam_crlb(scene, exam, opts):
         centres = np.concatenate([cage.xyz_mm[near], pat])
         radii = np.concatenate([cage.diameter_mm[near] / 2, pat_r])
         which = np.r_[np.zeros(near.sum(), bool), np.ones(len(pat), bool)]
-        b = crlb(view, centres, radii, caps, opts, view.project(centres), which, move=which)
-        out[view.name] = b[which]
-    return out
+        b, bn = crlb(view, centres, radii, caps, opts, view.project(centres), which, move=which,
+                     nuisance=True)
+        out[view.name], out_n[view.name] = b[which], bn[which]
+    return out, out_n
 
 
 def _rays(vt, uv):
@@ -152,7 +157,7 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
                 raise RuntimeError(f"{e.id}/{view.name}: rebuilt scene differs from truth.json "
                                    f"({dev:.2g} px)")
         t0 = time.perf_counter()
-        bound = exam_crlb(scene, se, opts)
+        bound, bound_n = exam_crlb(scene, se, opts)
         stats["crlb_s"] += time.perf_counter() - t0
         names = sorted(te["views"])
         # beads used: those the pipeline triangulated in this exam, with a finite bound
@@ -174,6 +179,7 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
         stats["overlap"] += int(np.sum(used & ov))
         for n in names:
             stats["sigma_px"].append(bound[n][used])
+            stats["nuisance"].append(bound_n[n][used] / bound[n][used])
         m = res.measurements[f"{subj.id}/{e.id}"]
         det_uv = {m.views[0]["view"]: m.uv_a, m.views[1]["view"]: m.uv_b}
         rays, det_rays = [], []
@@ -225,7 +231,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     observed, implied, det_only = [], [], []
     stats = {"crlb_s": 0.0, "mc_s": 0.0, "pipeline_s": 0.0, "false_3d": 0, "no_bound": 0,
-             "beads": 0, "overlap": 0, "sigma_px": [], "sigma_3d": [], "err_px": [], "err_z": []}
+             "beads": 0, "overlap": 0, "sigma_px": [], "sigma_3d": [], "err_px": [], "err_z": [],
+             "nuisance": []}
     t_start = time.perf_counter()
     for seed in range(args.seeds):
         t0 = time.perf_counter()
@@ -273,6 +280,11 @@ def main() -> int:
               "moves both beads, optimistic), "
               f"{stats['no_bound']} pipeline beads without a bound, {stats['false_3d']} pipeline "
               "3D points > 1 mm from every true bead")
+        nr = np.concatenate(stats["nuisance"])
+        nr = nr[np.isfinite(nr)]
+        print(f"bound with contrast, radius and quadratic background unknown / bound used: "
+              f"median {np.median(nr):.3f}, 95th percentile {np.percentile(nr, 95):.3f}, "
+              f"max {nr.max():.3f} (diagnostic)")
     print(f"observed SD relative sampling SD ≈ {rel:.0%} (n = {n}); implied SD Monte Carlo "
           f"relative SD ≈ {rel_mc:.1%}")
     sd_det = np.full(6, np.nan)
