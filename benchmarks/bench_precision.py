@@ -256,7 +256,9 @@ def main() -> int:
                 det_only.append(det)
                 stats["mc_s"] -= stats["crlb_s"] - c0
             stats["mc_s"] += time.perf_counter() - t0
-        print(f"seed {seed}: {len(observed[-1])} double exams analysed", flush=True)
+        print(f"seed {seed}: {len(observed[-1])} double exams analysed; differences "
+              + "; ".join(" ".join(f"{x:+.4f}" for x in row) for row in observed[-1]),
+              flush=True)
     obs = np.concatenate(observed)
     imp = np.concatenate(implied)
     obs, imp = obs[np.all(np.isfinite(obs), 1)], imp[np.all(np.isfinite(imp), 1)]
