@@ -237,8 +237,15 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # deblending: subtract the neighbours' bead models (windows overlap within ~2·half) and
     # refit the beads that have neighbours, alternately; touching beads separate this way
     data = data0
-    plaus = np.flatnonzero((p[:, IA] > 0) & (peak_contrast(model, p, pu, pv)
-                                            >= 0.5 * opts.min_snr * np.sqrt(chi2r)))
+    strength = peak_contrast(model, p, pu, pv) / np.sqrt(np.maximum(chi2r, 1e-300))
+    plaus = np.flatnonzero((p[:, IA] > 0) & (strength >= 0.5 * opts.min_snr))
+    # two candidates that converged on one bead (e.g. the saddle candidate between two touching
+    # beads) would each subtract the other's model of that bead and drive both negative: the
+    # weaker takes no part (the duplicate test below removes it)
+    dup = _close_pairs(p[plaus][:, [IU, IV]], 0.5 * r_lo)
+    if len(dup):
+        a, b = plaus[dup[:, 0]], plaus[dup[:, 1]]
+        plaus = np.setdiff1d(plaus, np.where(strength[a] < strength[b], a, b))
     pairs = plaus[_close_pairs(p[plaus][:, [IU, IV]], 2.0 * setup.half + 1.0)]
     if len(pairs) and opts.deblend:
         inv = np.unique(pairs[:, 0])
