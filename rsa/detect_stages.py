@@ -129,6 +129,16 @@ def _empty() -> dict[str, np.ndarray]:
             "occluded": b, "clipped": b}
 
 
+def _duplicates(p: np.ndarray, rows: np.ndarray, score: np.ndarray, dist: float) -> np.ndarray:
+    """Of ``rows`` whose fitted centres lie within ``dist`` of each other (two candidates that
+    converged on one bead), the weaker of each pair by ``score`` (ties: the later row)."""
+    pr = _close_pairs(p[rows][:, [IU, IV]], dist)
+    if len(pr) == 0:
+        return np.zeros(0, np.intp)
+    a, b = rows[pr[:, 0]], rows[pr[:, 1]]
+    return np.where(score[a] == score[b], np.maximum(a, b), np.where(score[a] < score[b], a, b))
+
+
 def _rel_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
                   eps: float) -> np.ndarray:
     """Pixel variance relative to the background's, from the bead's blocked fraction B.
@@ -242,10 +252,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # two candidates that converged on one bead (e.g. the saddle candidate between two touching
     # beads) would each subtract the other's model of that bead and drive both negative: the
     # weaker takes no part (the duplicate test below removes it)
-    dup = _close_pairs(p[plaus][:, [IU, IV]], 0.5 * r_lo)
-    if len(dup):
-        a, b = plaus[dup[:, 0]], plaus[dup[:, 1]]
-        plaus = np.setdiff1d(plaus, np.where(strength[a] < strength[b], a, b))
+    plaus = np.setdiff1d(plaus, _duplicates(p, plaus, strength, 0.5 * r_lo))
     pairs = plaus[_close_pairs(p[plaus][:, [IU, IV]], 2.0 * setup.half + 1.0)]
     if len(pairs) and opts.deblend:
         inv = np.unique(pairs[:, 0])
@@ -272,8 +279,9 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # candidates with the typical shape, the step and the noise behind the implant, and apply
     # the same SNR test and a typical amplitude (0.5–2×, as for a split bead) to that fit
     rescue = np.full((n, NPAR_EDGE), np.nan)
-    fail = np.flatnonzero(~good)
-    if fail.size and good.sum() >= 3:
+    # (the typical bead needs at least three accepted ones)
+    fail = np.flatnonzero(~good) if good.sum() >= 3 else np.zeros(0, np.intp)
+    if fail.size:
         # only where the background changes across the window by more than the detector's
         # "strong" fraction (edge_ratio) of a typical bead's contrast: a metal edge
         du = (pu[fail] - pu[fail, setup.half, None])[:, None, :]
@@ -284,7 +292,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
             axis=(1, 2))
         c_typ = float(np.median(peak_contrast(model[good], p[good], pu[good], pv[good])))
         fail = fail[span > opts.edge_ratio * c_typ]
-    if fail.size and good.sum() >= 3:
+    if fail.size:
         q = p[fail].copy()
         q[:, IU], q[:, IV] = cuv[fail, 0], cuv[fail, 1]
         q[:, IR], q[:, ILS] = np.median(p[good, IR]), np.median(p[good, ILS])
@@ -304,13 +312,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         rescue[k] = pe[ok]
         p[k], snr[k], distorted[k] = pe[ok, :NPAR], snr_e[ok], False
     # duplicates: two candidates converged on one bead -> keep the higher SNR
-    idx = np.flatnonzero(good)
-    pr = _close_pairs(p[idx][:, [IU, IV]], 0.5 * r_lo)
-    if len(pr):
-        a, b = idx[pr[:, 0]], idx[pr[:, 1]]
-        lose = np.where(snr[a] < snr[b], a, b)
-        lose = np.where(snr[a] == snr[b], np.maximum(a, b), lose)
-        good[lose] = False
+    good[_duplicates(p, np.flatnonzero(good), snr, 0.5 * r_lo)] = False
     keep = np.flatnonzero(good)
     if keep.size == 0:
         return _empty()
