@@ -9,6 +9,8 @@ own beyond book-keeping:
    (:func:`rsa.match.label_beads`), one observed bead per model bead;
 3. per segment, batched over exams: unstable-bead screening (:func:`rsa.rigid.screen_unstable`),
    rigid fit (:func:`rsa.rigid.fit_rigid`), ME and CN (:func:`rsa.rigid.condition_number`);
+   beads the reference exam missed (hidden or overlapping in one view) are then placed in the
+   marker model from the exams that see them (:func:`_complete_models`) and steps 2–3 repeat;
 4. per motion, batched over exams: :func:`rsa.motion.relative_motion` (T_B⁻¹ T_S);
 5. double exams: the motion between an exam and its double is pure error →
    :func:`rsa.motion.precision` (signed components) and :func:`rsa.motion.precision_upper`
@@ -27,7 +29,7 @@ from rsa.io.beadfile import read_bead_file
 from rsa.io.manifest import ExamSpec, MotionSpec, SegmentSpec, SubjectSpec
 from rsa.match import assign_by_proximity, label_beads
 from rsa.motion import Motion, precision, precision_upper, relative_motion
-from rsa.rigid import Pose, condition_number, fit_rigid, screen_unstable
+from rsa.rigid import Pose, condition_number, fit_rigid, pose_point_sigma, screen_unstable
 
 COMPONENTS = ("tx", "ty", "tz", "rx", "ry", "rz")
 
@@ -51,6 +53,16 @@ class SegmentSeries:
     n_used: np.ndarray                    # (E,)
     ambiguous: np.ndarray                 # (E,) bool labelling ambiguous
     fit_error: tuple[str, ...] = ()       # per exam: '' or why no pose could be fitted
+    model_xyz_mm: np.ndarray | None = None    # (M, 3) marker model fitted (reference beads
+                                              # plus beads placed from other exams), NaN unused
+
+    @property
+    def completed(self) -> np.ndarray:
+        """(M,) bool: beads the reference exam missed that joined the marker model from the
+        exams that see them (:func:`_complete_models`)."""
+        if self.model_xyz_mm is None:
+            return np.zeros(len(self.bead_ids), dtype=bool)
+        return np.isfinite(self.model_xyz_mm[:, 0]) & ~np.isfinite(self.reference_xyz_mm[:, 0])
 
     @property
     def model_points_mm(self) -> np.ndarray:
@@ -145,9 +157,7 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
     exams = subject.exams
     ref_i = next(i for i, e in enumerate(exams) if e.kind == "reference")
     labels = [read_bead_file(e.labels) if e.labels else {} for e in exams]
-    flags: dict[str, list[str]] = {e.id: [] for e in exams}
     notes: dict[str, list[str]] = {e.id: [] for e in exams}
-    min_beads = int(thresholds["min_beads"])
 
     # 1. Reference exam: segment beads from the manifest's approximate coordinates.
     ref_pts = points[ref_i]
@@ -172,15 +182,52 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
                 f"in the reference exam ({', '.join(missing)})")
         ref_models[seg.name] = model
 
-    # 2. Label every exam against the reference models.
+    # 2.–3. Label every exam against the reference models; fit each segment, batched over
+    # exams. Then beads the reference exam missed join the models from the exams that see them
+    # (when any do), and 2.–3. run once more with the completed models.
+    ref_sigma = {seg.name: np.full(len(seg.bead_ids), np.nan) for seg in subject.segments}
+    segments, flags, notes2 = _label_and_fit(subject, points, thresholds, sigma_mm, likely,
+                                             labels, ref_i, ref_models, ref_sigma)
+    models, model_sigma, placed = _complete_models(subject, segments, points, sigma_mm, likely,
+                                                   thresholds, ref_i)
+    if placed:
+        segments, flags, notes2 = _label_and_fit(subject, points, thresholds, sigma_mm, likely,
+                                                 labels, ref_i, models, model_sigma)
+        notes[exams[ref_i].id].extend(placed)
+    for k, v in notes2.items():
+        notes[k].extend(v)
+
+    # 4. Motions, batched over exams.
+    motion_out = {}
+    for m in motions:
+        S, B = segments[m.segment], segments[m.relative_to]
+        if S.pose is None or B.pose is None:
+            continue
+        pts = m.points_mm if m.points_mm is not None else S.model_points_mm
+        point = S.model_points_mm.mean(axis=0) if isinstance(m.point, str) else m.point
+        motion = relative_motion(B.pose, S.pose, point=point, order=m.order, points=pts)
+        motion_out[m.name] = _mask_motion(motion, S.valid & B.valid)
+    index = {e.id: i for i, e in enumerate(exams)}
+    pairs = tuple((index[e.double_of], i) for i, e in enumerate(exams) if e.kind == "double")
+    return SubjectSeries(subject.id, exams, segments, motion_out, pairs, flags, notes)
+
+
+def _label_and_fit(subject: SubjectSpec, points, thresholds, sigma_mm, likely, labels, ref_i,
+                   models: dict[str, np.ndarray], model_sigma: dict[str, np.ndarray]):
+    """Steps 2–3 of :func:`analyse_subject` for given marker models: every exam labelled
+    against them, then each segment fitted (batched over exams). Returns the segments and the
+    exams' flags and notes."""
+    exams = subject.exams
+    flags: dict[str, list[str]] = {e.id: [] for e in exams}
+    notes: dict[str, list[str]] = {e.id: [] for e in exams}
+    min_beads = int(thresholds["min_beads"])
     E = len(exams)
     observed = {s.name: np.full((E, len(s.bead_ids)), -1, dtype=np.intp) for s in subject.segments}
     ambiguous = {s.name: np.zeros(E, dtype=bool) for s in subject.segments}
-
     for e in range(E):
         claims, dists = {}, {}
         for seg in subject.segments:
-            model = ref_models[seg.name]
+            model = models[seg.name]
             if e == ref_i:
                 idx = np.where(np.isfinite(model[:, 0]),
                                assign_by_proximity(model, points[e], tol_mm=1e-6), -1)
@@ -213,32 +260,111 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
         _resolve_conflicts(claims, dists)
         for name, idx in claims.items():
             observed[name][e] = idx
+    segments = {seg.name: _fit_segment(seg, models[seg.name], observed[seg.name], points,
+                                       ambiguous[seg.name], thresholds, exams, flags,
+                                       sigma_mm, ref_i, model_sigma[seg.name])
+                for seg in subject.segments}
+    return segments, flags, notes
 
-    # 3. Fits per segment, batched over exams.
-    segments = {}
+
+def _complete_models(subject: SubjectSpec, segments: dict[str, SegmentSeries], points,
+                     sigma_mm, likely, thresholds, ref_i
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+    """Place beads the reference exam missed into their segment's marker model.
+
+    A bead hidden or overlapping in one view of the reference exam is otherwise lost for the
+    whole series, and the segment is fitted on fewer beads in every exam. Its position in the
+    reference frame is found from the exams that see it: each fitted pose (``y = R x + t``)
+    predicts where the manifest's approximate coordinates lie in that exam, the one unclaimed
+    clean point within the segment's tolerance is mapped back (``x = Rᵀ(y − t)``), and the bead
+    joins the model when at least ``thresholds["model_min_exams"]`` exams agree within
+    ``label_tol_mm`` (a spurious point does not follow the segment from exam to exam). Its
+    model position is their weighted mean (weights 1/σ², σ of each: its point's and that of
+    the exam's fitted pose at the bead, :func:`rsa.rigid.pose_point_sigma`), its uncertainty
+    that of the mean or their scatter, whichever is larger; the fit weights use it in place of
+    the reference exam's σ. The motion point and MTPM points stay those of the reference exam
+    and manifest (:attr:`SegmentSeries.model_points_mm`), so reported motion keeps its
+    definition.
+
+    Returns the models, their σ (NaN for beads measured in the reference exam) and notes.
+    """
+    need = max(1, round(thresholds.get("model_min_exams", 2)))
+    tol_same = thresholds["label_tol_mm"]
+    E = len(subject.exams)
+    claimed = [np.zeros(len(p), dtype=bool) for p in points]
+    for S in segments.values():
+        for e in range(E):
+            idx = S.observed_index[e]
+            claimed[e][idx[idx >= 0]] = True
+    models, model_sigma, placed = {}, {}, []
     for seg in subject.segments:
-        segments[seg.name] = _fit_segment(seg, ref_models[seg.name], observed[seg.name], points,
-                                          ambiguous[seg.name], thresholds, exams, flags,
-                                          sigma_mm, ref_i)
-
-    # 4. Motions, batched over exams.
-    motion_out = {}
-    for m in motions:
-        S, B = segments[m.segment], segments[m.relative_to]
-        if S.pose is None or B.pose is None:
+        S = segments[seg.name]
+        model = S.reference_xyz_mm.copy()
+        msig = np.full(len(model), np.nan)
+        models[seg.name], model_sigma[seg.name] = model, msig
+        miss = np.flatnonzero(~np.isfinite(model[:, 0]) & np.isfinite(seg.xyz_mm[:, 0]))
+        if miss.size == 0 or S.pose is None:
             continue
-        pts = m.points_mm if m.points_mm is not None else S.model_points_mm
-        point = S.model_points_mm.mean(axis=0) if isinstance(m.point, str) else m.point
-        motion = relative_motion(B.pose, S.pose, point=point, order=m.order, points=pts)
-        motion_out[m.name] = _mask_motion(motion, S.valid & B.valid)
-    index = {e.id: i for i, e in enumerate(exams)}
-    pairs = tuple((index[e.double_of], i) for i, e in enumerate(exams) if e.kind == "double")
-    return SubjectSeries(subject.id, exams, segments, motion_out, pairs, flags, notes)
+        xs = np.full((E, miss.size, 3), np.nan)
+        ss = np.full((E, miss.size), np.nan)
+        for e in np.flatnonzero(S.valid & ~S.ambiguous):
+            if e == ref_i:
+                continue
+            free = ~claimed[e] & (np.ones(len(points[e]), bool) if likely is None
+                                  else np.asarray(likely[e], bool))
+            if not free.any():
+                continue
+            R, t = S.pose.rotation[e], S.pose.translation[e]
+            pose_sig = pose_point_sigma(*_fit_variances(S, e, ref_i, sigma_mm),
+                                        seg.xyz_mm[miss])
+            pred = seg.xyz_mm[miss] @ R.T + t
+            d = np.linalg.norm(pred[:, None] - points[e][None, free], axis=-1)   # (m, F)
+            near = d <= seg.tolerance_mm
+            one = near.sum(axis=1) == 1          # exactly one candidate: unambiguous
+            j = np.flatnonzero(free)[np.argmin(np.where(near, d, np.inf), axis=1)]
+            y = points[e][j[one]]
+            xs[e, one] = (y - t) @ R                                     # Rᵀ(y − t)
+            s_pt = 0.0 if sigma_mm is None else sigma_mm[e][j[one]]
+            ss[e, one] = np.hypot(s_pt, pose_sig[one])
+        for k, m in enumerate(miss):
+            ok = np.isfinite(xs[:, k, 0])
+            if ok.sum() < need:
+                continue
+            med = np.median(xs[ok, k], axis=0)
+            ok &= np.linalg.norm(np.nan_to_num(xs[:, k] - med), axis=1) <= tol_same
+            n = int(ok.sum())
+            if n < need:
+                continue
+            w = 1.0 / np.maximum(ss[ok, k], 1e-4) ** 2
+            model[m] = (w[:, None] * xs[ok, k]).sum(axis=0) / w.sum()
+            scatter = np.sqrt(np.sum((xs[ok, k] - model[m]) ** 2) / max(3 * (n - 1), 1) / n)
+            msig[m] = max(float(np.sqrt(1.0 / w.sum())), scatter)
+            placed.append(f"{seg.name}: {seg.bead_ids[m]} not found in the reference exam; "
+                          f"placed in the marker model from {n} other exam(s) "
+                          f"(± {1000 * msig[m]:.0f} µm)")
+    return models, model_sigma, placed
 
+
+def _fit_variances(S: SegmentSeries, e: int, ref_i: int, sigma_mm
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Model beads (U, 3) used in segment ``S``'s fit in exam ``e`` and their error variances
+    (the model's plus the exam's σ², as the fit weights them; the fit's ME for every bead when
+    no σ is given)."""
+    obs = S.observed_index[e]
+    used = (obs >= 0) & ~S.excluded[e] & np.isfinite(S.reference_xyz_mm[:, 0])
+    if sigma_mm is None:
+        return S.reference_xyz_mm[used], np.full(int(used.sum()), max(float(S.me_mm[e]), 1e-3) ** 2)
+    var = sigma_mm[e][obs[used]] ** 2 + sigma_mm[ref_i][S.observed_index[ref_i][used]] ** 2
+    return S.reference_xyz_mm[used], var
 
 def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, points, ambiguous,
-                 thresholds, exams, flags, sigma_mm=None, ref_i=0) -> SegmentSeries:
+                 thresholds, exams, flags, sigma_mm=None, ref_i=0, model_sigma=None
+                 ) -> SegmentSeries:
+    """Screen and fit one segment in every exam against its marker model ``model`` (M, 3);
+    ``model_sigma`` (M,) is the σ of model beads placed from other exams (NaN: measured in the
+    reference exam, whose σ is then the reference exam's own)."""
     E, M = observed.shape
+    placed = np.zeros(M, bool) if model_sigma is None else np.isfinite(model_sigma)
     xyz = np.full((E, M, 3), np.nan)
     sig = np.zeros((E, M))
     for e in range(E):
@@ -246,13 +372,15 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
         xyz[e, ok] = points[e][observed[e, ok]]
         if sigma_mm is not None:
             sig[e, ok] = sigma_mm[e][observed[e, ok]]
-    # Bead weights 1 / (σ_reference² + σ_exam²): both ends of a bead's displacement are measured.
-    bead_w = 1.0 / np.maximum(sig[ref_i][None, :] ** 2 + sig ** 2, 1e-12) \
+    # Bead weights 1 / (σ_model² + σ_exam²): both ends of a bead's displacement are measured
+    # (σ_model: the reference exam's σ, or that of a model bead placed from other exams).
+    sig_model = np.where(placed, np.nan_to_num(model_sigma), sig[ref_i])
+    bead_w = 1.0 / np.maximum(sig_model[None, :] ** 2 + sig ** 2, 1e-12) \
         if sigma_mm is not None else np.ones((E, M))
     xyz[:, ~np.isfinite(model[:, 0])] = np.nan
     n_valid = np.isfinite(xyz[..., 0]).sum(axis=1)
     min_beads = int(thresholds["min_beads"])
-    lost = np.isfinite(model[:, 0])[None, :] & ~np.isfinite(xyz[..., 0])
+    lost = (np.isfinite(model[:, 0]) & ~placed)[None, :] & ~np.isfinite(xyz[..., 0])
     for e in range(E):
         if lost[e].any():
             gone = [b for b, x in zip(seg.bead_ids, lost[e], strict=True) if x]
@@ -328,9 +456,10 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
             flags[exams[e].id].append(f"{seg.name}: {n_used[e]} beads used < {min_beads}")
         for r in reasons[e]:
             flags[exams[e].id].append(f"{seg.name}: unstable bead excluded: {r}")
-    return SegmentSeries(seg.name, seg.bead_ids, model, seg.xyz_mm, observed, xyz, excluded,
-                         tuple(reasons),
-                         pose, me, cn, n_used, ambiguous, tuple(errors))
+    reference = np.where(placed[:, None], np.nan, model)
+    return SegmentSeries(seg.name, seg.bead_ids, reference, seg.xyz_mm, observed, xyz, excluded,
+                         tuple(reasons), pose, me, cn, n_used, ambiguous, tuple(errors),
+                         model_xyz_mm=model.copy())
 
 
 def _mask_motion(motion: Motion, valid: np.ndarray) -> Motion:

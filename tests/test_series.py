@@ -230,3 +230,83 @@ def test_unlikely_point_labelled_only_near_its_model_position(scene):
     np.testing.assert_array_equal(new[:, 1:], idx[:, 1:])
     assert any("I0 not labelled" in n for n in s.notes["F2"])
     assert not s.segments["implant"].excluded[4].any()
+
+
+def _without(points, e, j):
+    keep = np.ones(len(points[e]), bool)
+    keep[j] = False
+    out = list(points)
+    out[e] = points[e][keep]
+    return out
+
+
+def test_bead_missed_in_reference_joins_the_model(scene):
+    subject, points, _, _ = scene
+    spec = MotionSpec("implant", "bone")
+    s0 = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS)
+    bone0 = s0.segments["bone"]
+    ref_b2 = points[0][bone0.observed_index[0, 2]]     # REF is placed at the identity
+    pts = _without(points, 0, bone0.observed_index[0, 2])   # B2 hidden in the reference exam
+    s = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS)
+    bone = s.segments["bone"]
+    assert bone.completed.tolist() == [k == 2 for k in range(8)]
+    assert np.isnan(bone.reference_xyz_mm[2]).all()
+    # placed from the 4 other exams: each maps back with its noise (σ = 0.01 mm per axis) plus
+    # its pose error (≈ σ/√7); the mean's error per axis ≈ 0.006 mm, measured against the
+    # reference exam's own (noisy, σ) point: 0.05 mm is > 4σ of the difference's norm
+    assert np.linalg.norm(bone.model_xyz_mm[2] - ref_b2) < 0.05
+    assert np.all(bone.observed_index[1:, 2] == bone0.observed_index[1:, 2])
+    np.testing.assert_array_equal(bone.n_used[1:], bone0.n_used[1:])
+    assert bone.n_used[0] == bone0.n_used[0] - 1
+    assert any("B2 not found in the reference exam; placed" in n for n in s.notes["REF"])
+    assert not any("lost since reference: B2" in f for fl in s.flags.values() for f in fl)
+    # the motion point stays the reference definition's: same motions within noise
+    np.testing.assert_allclose(s.motions["implant/bone"].translation_mm,
+                               s0.motions["implant/bone"].translation_mm, atol=0.01)
+    # turned off by a large threshold
+    off = analyse_subject(subject, pts, [spec], {**DEFAULT_THRESHOLDS, "model_min_exams": 99})
+    assert not off.segments["bone"].completed.any()
+    assert np.all(off.segments["bone"].observed_index[:, 2] == -1)
+
+
+def test_point_seen_once_or_inconsistently_does_not_join_the_model(scene):
+    subject, points, _, _ = scene
+    spec = MotionSpec("implant", "bone")
+    s0 = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS)
+    idx = s0.segments["bone"].observed_index[:, 2]
+    # B2 only in F1 (one exam < model_min_exams = 2)
+    pts = list(points)
+    for e in (0, 1, 3, 4):
+        pts = _without(pts, e, idx[e])
+    s = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS)
+    assert not s.segments["bone"].completed.any()
+    # a spurious point near B2's predicted place in D and F1, 0.8 mm apart in the bone frame:
+    # the two exams disagree by more than label_tol_mm, so nothing is placed
+    pts = list(points)
+    for e in range(5):
+        pts = _without(pts, e, idx[e])
+    for e, off in ((1, [0.4, 0, 0]), (2, [-0.4, 0, 0])):
+        T = s0.segments["bone"].pose
+        y = T.rotation[e] @ (subject.segments[0].xyz_mm[2] + off) + T.translation[e]
+        pts[e] = np.vstack([pts[e], y])
+    s = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS)
+    assert not s.segments["bone"].completed.any()
+
+
+def test_pose_sigma_matches_monte_carlo():
+    from rsa.rigid import fit_rigid, pose_point_sigma
+    rng = np.random.default_rng(3)
+    model = _beads(rng, 5, np.zeros(3), extent=30.0)
+    sig = rng.uniform(0.005, 0.03, len(model))          # unequal bead errors, per axis
+    far = np.array([[0.0, 0.0, 0.0], [60.0, -40.0, 25.0]])   # centroid-ish and far away
+    R = Rotation.from_euler("xyz", [3, -5, 10], degrees=True).as_matrix()
+    t = np.array([1.0, 2.0, -3.0])
+    n = 4000
+    y = model @ R.T + t + rng.normal(size=(n, *model.shape)) * sig[:, None]
+    fit = fit_rigid(np.broadcast_to(model, y.shape), y, weights=np.broadcast_to(
+        1 / sig ** 2, y.shape[:2]))
+    mapped = np.einsum("nij,kj->nki", fit.rotation, far) + fit.translation[:, None]
+    sd = np.sqrt(np.mean((mapped - (far @ R.T + t)) ** 2, axis=(0, 2)))   # per axis, RMS
+    # Monte Carlo SD of n = 4000 draws (3 axes pooled): relative SD ≈ 1/√(2·3n) ≈ 0.6 %;
+    # the linearisation is exact to O(σ/r) ≈ 1e-3: 3 % is a > 4σ tolerance
+    np.testing.assert_allclose(pose_point_sigma(model, sig ** 2, far), sd, rtol=0.03)

@@ -28,7 +28,7 @@ EXAM_KINDS = ("reference", "follow-up", "double", "dynamic")
 DEFAULT_THRESHOLDS = {"gate_mm": 0.5, "me_limit_mm": 0.35, "cn_limit": 150.0,
                       "cle_limit_mm": 0.5, "unstable_limit_mm": 0.35, "label_tol_mm": 0.3,
                       "label_gate_mm": 1.5,
-                      "min_beads": 3}
+                      "min_beads": 3, "model_min_exams": 2}
 
 
 @dataclass(frozen=True)
