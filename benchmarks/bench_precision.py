@@ -50,7 +50,7 @@ phantom: median 1.01).
 
 ``--implied pipeline`` (previous method, circular: it relies on the pipeline's own per-bead σ):
 the analysis repeated on the measured 3D beads perturbed by their propagated uncertainty (from
-the detector's ``sigma_px`` via ``rsa.pipeline._triangulation_sigma``, isotropic σ/√3 per axis).
+the detector's ``sigma_px`` via ``rsa.correspond._triangulation_sigma``, isotropic σ/√3 per axis).
 
 Check (exit 1 on failure): observed SD ≤ 1.5 × implied SD for every translation and rotation
 component. The observed SD of n differences has a relative sampling SD of about 1/√(2(n−1));

@@ -188,6 +188,14 @@ class Beads2D:
         Quality flags (see :func:`detect_beads`).
     polarity : str
         Polarity used ("bright" or "dark").
+    log_display : bool
+        Whether the image was taken as a log display of the detected quanta (else linear).
+    turned_down_uv : (K, 2) ndarray
+        Strong candidates (SNR of their one-bead fit above ``min_snr``) that the fit tests
+        turned down, by candidate position, farther than the smallest radius from every bead:
+        e.g. two beads overlapping by about a radius, which pull a one-bead fit off its
+        candidate. The correspondence stage may split them with the other view's epipolar
+        lines (:mod:`rsa.epipolar`).
     """
 
     uv_px: np.ndarray
@@ -201,11 +209,13 @@ class Beads2D:
     occluded: np.ndarray
     clipped: np.ndarray
     polarity: str = "bright"
+    log_display: bool = True
+    turned_down_uv: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     flags: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         for name in ("uv_px", "radius_px", "contrast", "snr", "sigma_px", "score", "touching",
-                     "near_edge", "occluded", "clipped"):
+                     "near_edge", "occluded", "clipped", "turned_down_uv"):
             object.__setattr__(self, name, readonly(np.asarray(getattr(self, name))))
         flags = self.touching | self.near_edge | self.occluded | self.clipped
         object.__setattr__(self, "flags", readonly(flags))
@@ -314,4 +324,4 @@ def detect_beads(image: ArrayLike, *, pixel_spacing_mm: ArrayLike,
         work = np.float32(1.0) - work
     cols = refine_candidates(work, cand.uv, cand.radius, cand.roundness, r_lo, r_hi, diam,
                              log_display, opts, scale, float(f))
-    return Beads2D(**cols, polarity=polarity)
+    return Beads2D(**cols, polarity=polarity, log_display=bool(log_display))

@@ -306,16 +306,38 @@ def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
 
 def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
               pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
-              iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              iterations: int, lines: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Levenberg–Marquardt fit of two beads sharing one window and background (batched).
 
-    Returns both parameter sets, the weighted cost and the (N, 4, 4) inverse normal matrix of
-    the two centres (uA, vA, uB, vB), unscaled.
+    ``lines`` = (normals (N, 2, 2), offsets (N, 2), weights (N, 2)) adds, for bead A and B, the
+    penalty ``weight · (offset − normal·centre)²``: each centre observed on a line (e.g. its
+    epipolar line from the other view) with standard uncertainty ``weight^(−½)`` across it.
+
+    Returns both parameter sets, the weighted cost (pixels plus penalties) and the (N, 4, 4)
+    inverse normal matrix of the two centres (uA, vA, uB, vB), unscaled.
     """
     npa = pa.shape[1]
     n, k = len(pa), npa + len(_BEAD)
     free = np.ones(k, bool)
     free[list(fixed)] = False
+    cols = np.array([[IU, IV], [npa, npa + 1]])          # centre columns of A and B in theta
+
+    def penalty(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cost, gradient (N, k) and normal matrix (N, k, k) of the line penalties."""
+        g = np.zeros((n, k))
+        H = np.zeros((n, k, k))
+        if lines is None:
+            return np.zeros(n), g, H
+        nrm, off, lw = lines
+        c = theta[:, cols]                                # (N, 2 beads, 2)
+        res = off - np.einsum("nbi,nbi->nb", nrm, c)      # (N, 2)
+        for b in range(2):
+            ci = cols[b]
+            g[:, ci] += (lw[:, b] * res[:, b])[:, None] * nrm[:, b]
+            H[:, ci[:, None], ci[None, :]] += lw[:, b, None, None] * np.einsum(
+                "ni,nj->nij", nrm[:, b], nrm[:, b])
+        return np.sum(lw * res * res, axis=1), g, H
 
     def split(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = _clip(theta[:, :npa].copy(), setup)
@@ -327,14 +349,15 @@ def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
     m, J = _pair_model(*split(theta), pu, pv, setup, True)
     J[:, ~free] = 0.0
     r = data - m
-    cost = np.einsum("nij,nij->n", wts, r * r)
+    pc, pg, pH = penalty(theta)
+    cost = np.einsum("nij,nij->n", wts, r * r) + pc
     lam = np.full(n, 1e-3)
     eye = np.eye(k)
     sw = wts.reshape(n, 1, -1)
     for _ in range(iterations):
         Jf = J.reshape(n, k, -1).astype(np.float64)
-        H = (Jf * sw) @ np.swapaxes(Jf, 1, 2)
-        g = ((Jf * sw) @ r.reshape(n, -1, 1))[..., 0]
+        H = (Jf * sw) @ np.swapaxes(Jf, 1, 2) + pH * free[:, None] * free[None, :]
+        g = ((Jf * sw) @ r.reshape(n, -1, 1))[..., 0] + pg * free
         d = np.diagonal(H, axis1=1, axis2=2)
         Hd = H + (lam[:, None] * d + 1e-12 * d.max(1, keepdims=True) + 1e-300
                   + ~free)[:, :, None] * eye
@@ -343,13 +366,16 @@ def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
         mt, Jt = _pair_model(a, b, pu, pv, setup, True)
         Jt[:, ~free] = 0.0
         rt = data - mt
-        ct = np.einsum("nij,nij->n", wts, rt * rt)
+        tt = np.concatenate([a, b[:, list(_BEAD)]], axis=1)
+        pct, pgt, pHt = penalty(tt)
+        ct = np.einsum("nij,nij->n", wts, rt * rt) + pct
         ok = ct <= cost
-        theta[ok] = np.concatenate([a, b[:, list(_BEAD)]], axis=1)[ok]
+        theta[ok] = tt[ok]
         J[ok], r[ok], cost[ok] = Jt[ok], rt[ok], ct[ok]
+        pg[ok], pH[ok] = pgt[ok], pHt[ok]
         lam = np.where(ok, np.maximum(lam * 0.3, 1e-7), lam * 10.0)
     Jf = J.reshape(n, k, -1).astype(np.float64)
-    H = (Jf * sw) @ np.swapaxes(Jf, 1, 2)
+    H = (Jf * sw) @ np.swapaxes(Jf, 1, 2) + pH * free[:, None] * free[None, :]
     H += 1e-9 * eye * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1), 1e-300)[:, None, None]
     Hinv = np.linalg.pinv(H, hermitian=True)
     c = [IU, IV, npa, npa + 1]           # centres of A and B

@@ -39,6 +39,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from rsa.detect_candidates import _close_pairs
 from rsa.detect_refine import (
@@ -126,7 +127,7 @@ def _empty() -> dict[str, np.ndarray]:
     b = np.zeros(0, bool)
     return {"uv_px": np.zeros((0, 2)), "radius_px": z, "contrast": z, "snr": z,
             "sigma_px": np.zeros((0, 2)), "score": z, "touching": b, "near_edge": b,
-            "occluded": b, "clipped": b}
+            "occluded": b, "clipped": b, "turned_down_uv": np.zeros((0, 2))}
 
 
 def _duplicates(p: np.ndarray, rows: np.ndarray, score: np.ndarray, dist: float) -> np.ndarray:
@@ -313,9 +314,17 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         p[k], snr[k], distorted[k] = pe[ok, :NPAR], snr_e[ok], False
     # duplicates: two candidates converged on one bead -> keep the higher SNR
     good[_duplicates(p, np.flatnonzero(good), snr, 0.5 * r_lo)] = False
+    # strong candidates the tests turned down, away from every accepted bead (e.g. two beads
+    # overlapping by about a radius pull a one-bead fit off its candidate): reported by
+    # position for the correspondence stage, which may split them on the other view's lines
+    down = np.flatnonzero(~good & (snr >= opts.min_snr))
+    if down.size and good.any():
+        d, _ = cKDTree(p[good][:, [IU, IV]]).query(cuv[down].astype(float))
+        down = down[d > r_lo]
+    turned_down = cuv[down].astype(float)
     keep = np.flatnonzero(good)
     if keep.size == 0:
-        return _empty()
+        return {**_empty(), "turned_down_uv": turned_down}
     p, data0, inside, pu, pv = p[keep], data0[keep], inside[keep], pu[keep], pv[keep]
     cround, resid, distorted, rescue = cround[keep], resid[keep], distorted[keep], rescue[keep]
     rescued = np.isfinite(rescue[:, 0])
@@ -432,4 +441,5 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     idx = np.flatnonzero(final)
     idx = idx[np.argsort(-score[idx], kind="stable")][: opts.max_beads]
     cols = (uv, rad, contrast, snr, sig, score, touching, near_edge, occluded, clipped)
-    return {k: c[idx] for k, c in zip(_FIELDS, cols, strict=True)}
+    return {**{k: c[idx] for k, c in zip(_FIELDS, cols, strict=True)},
+            "turned_down_uv": turned_down}

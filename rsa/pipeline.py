@@ -3,7 +3,8 @@
 Per exam (:func:`measure_exam`, independent, runs in worker processes): read both views →
 detect beads (:func:`rsa.detect.detect_beads`) → identify cage markers and calibrate
 (:func:`rsa.calibrate.calibrate_exam`) → patient beads → correspondence by crossing-line error
-and triangulation (:func:`rsa.triangulate.match_rays`).
+and triangulation, with beads overlapping in one view split on the other view's epipolar lines
+(:func:`rsa.correspond.correspond`).
 
 Per subject (:func:`rsa.series.analyse_subject`): labelling, fits, motions; per study: precision
 from double exams and significance. Results go to the SQLite store, one transaction per exam,
@@ -27,13 +28,13 @@ import numpy as np
 from rsa import __version__
 from rsa.cage import Cage, load_cage
 from rsa.calibrate import calibrate_exam
+from rsa.correspond import correspond
 from rsa.detect import DetectOptions, detect_beads
 from rsa.errors import InputError, RsaError, RsaWarning
 from rsa.io.images import Radiograph, read_radiograph, split_views
 from rsa.io.manifest import ExamSpec, StudySpec, load_manifest
 from rsa.io.store import ResultStore
 from rsa.series import COMPONENTS, analyse_subject, significance, study_precision
-from rsa.triangulate import match_rays
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,18 +151,12 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
         raise type(exc)(f"exam {subject}/{exam.id}: {exc}") from None
     secs["calibrate"] = time.perf_counter() - t
     t = time.perf_counter()
-    uv_a = beads[names[0]].uv_px[cal.a.patient_mask]
-    uv_b = beads[names[1]].uv_px[cal.b.patient_mask]
-    oa, da = cal.a.rays(uv_a)
-    ob, db = cal.b.rays(uv_b)
-    sig_px = (beads[names[0]].sigma_px[cal.a.patient_mask],
-              beads[names[1]].sigma_px[cal.b.patient_mask])
-    sig = tuple(_ray_sigma(v, s, first.pixel_spacing_mm)
-                for v, s in zip((cal.a, cal.b), sig_px, strict=True))
-    m = match_rays(oa, da, ob, db, gate_mm=study.thresholds["gate_mm"], sigma_mm=sig)
-    sigma = _triangulation_sigma(m, (cal.a, cal.b), (da, db), sig_px, first.pixel_spacing_mm)
-    misfit = (beads[names[0]].occluded[cal.a.patient_mask][m.pairs[:, 0]]
-              | beads[names[1]].occluded[cal.b.patient_mask][m.pairs[:, 1]])
+    cviews = (cal.a, cal.b)
+    cor = correspond((views[names[0]].image, views[names[1]].image), (beads[names[0]],
+                     beads[names[1]]), cal, pixel_spacing_mm=first.pixel_spacing_mm,
+                     gate_mm=study.thresholds["gate_mm"], options=opts)
+    m, sigma, misfit = cor.match, cor.sigma_mm, cor.misfit
+    uv_a, uv_b = cor.uv_px
     secs["match"] = time.perf_counter() - t
     summary = tuple({"view": v.name, "method": v.method_label, "focus": v.focus_mm.tolist(),
                      "rms_px": float(v.rms_px),
@@ -176,47 +171,11 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
                                                            v.marker_uv_px.tolist(),
                                                            v.residuals_px.tolist(),
                                                            v.residuals_mm.tolist(), strict=True)]}
-                    for v, n in ((cal.a, names[0]), (cal.b, names[1])))
+                    for v, n in zip(cviews, names, strict=True))
     hashes = tuple(dict.fromkeys(r.sha256 for r in views.values()))
     return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
                            uv_b[m.pairs[:, 1]], m.ambiguous, summary, hashes,
                            inputs_key(exam, study, hashes), secs, sigma, m.likely, misfit)
-
-
-def _ray_sigma(view, sigma_px: np.ndarray, spacing_mm) -> np.ndarray:
-    """Across-ray uncertainty (mm) of each detection's ray at the patient, for matching.
-
-    The centre uncertainty (largest axis of ``sigma_px``) on the detector, scaled to the cage
-    centre (the lab origin, where the patient is) by focus–origin / focus–detector distance,
-    with the view's calibration residual (object space, at the markers) in quadrature.
-    """
-    s = _sigma_at(view, sigma_px, spacing_mm, float(np.linalg.norm(view.focus_mm)))
-    return np.maximum(np.hypot(s, view.rms_mm), 1e-6)   # > 0 also for noise-free input
-
-
-def _sigma_at(view, sigma_px: np.ndarray, spacing_mm, dist_mm) -> np.ndarray:
-    """Centre uncertainty (largest axis of ``sigma_px``) in mm at ``dist_mm`` from the focus
-    (scaled from the detector by distance / focus–detector distance)."""
-    s = np.max(np.atleast_2d(sigma_px), axis=-1) if np.ndim(sigma_px) > 1 else np.asarray(
-        sigma_px)
-    return s * float(np.mean(spacing_mm)) * np.asarray(dist_mm) / view.focus_detector_distance_mm
-
-
-def _triangulation_sigma(match, views, directions, sigma_px, spacing_mm) -> np.ndarray:
-    """Approximate 3D standard uncertainty (mm) of each triangulated bead.
-
-    Each view's centre uncertainty (largest axis of ``sigma_px``) is scaled to the bead by the
-    pixel spacing and the ratio focus–bead / focus–detector distance; the two ray errors combine
-    in quadrature and are amplified by 1/sin of the angle between the rays (intersection of two
-    uncertain lines).
-    """
-    out = [_sigma_at(view, np.asarray(sig)[match.pairs[:, k]], spacing_mm,
-                     np.linalg.norm(match.points_mm - view.focus_mm, axis=-1))
-           for k, (view, sig) in enumerate(zip(views, sigma_px, strict=True))]
-    da = directions[0][match.pairs[:, 0]]
-    db = directions[1][match.pairs[:, 1]]
-    sin = np.linalg.norm(np.cross(da, db), axis=-1)
-    return np.hypot(out[0], out[1]) / np.maximum(sin, 1e-3)
 
 
 def _bead_sigma(m: ExamMeasurement, floor_mm: float = 0.005) -> np.ndarray:

@@ -83,20 +83,21 @@ RMS_BOUND = 0.1             # px, from the noise (module doc)
 OPTIONS = DetectOptions(polarity="bright")
 
 
-def _scene(seed: int):
-    """Rendered view and projected radius (px) of each bead; pairs first (rows 2k, 2k + 1)."""
+def _scene(seed: int, separations: np.ndarray = SEPARATIONS):
+    """Rendered view and projected radius (px) of each bead; pairs first (rows 2k, 2k + 1),
+    ``separations`` apart (in mean projected radii), then N_CONTROL isolated beads."""
     rng = np.random.default_rng(seed)
     view = look_at_view(focus_mm=[0.0, 0.0, FOCUS_MM], detector_centre_mm=[0, 0, 0],
                         up=[0, 1, 0], pixel_spacing_mm=SPACING, shape=SHAPE)
     grid = np.arange(50.0, 400.0, 75.0)
     cells = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)[rng.permutation(grid.size ** 2)]
-    n_pair = len(SEPARATIONS)
+    n_pair = len(separations)
     nb = 2 * n_pair + N_CONTROL
     depth = rng.uniform(300.0, 400.0, nb)           # magnification 1.25–1.36
     radii = rng.choice([0.4, 0.5], nb)
     r_px = radii * FOCUS_MM / (FOCUS_MM - depth) / SPACING
     uv = np.zeros((nb, 2))
-    for k, sep in enumerate(SEPARATIONS):
+    for k, sep in enumerate(separations):
         centre = cells[k] + rng.uniform(-3.0, 3.0, 2)
         a = rng.uniform(0.0, np.pi)
         half = 0.25 * sep * (r_px[2 * k] + r_px[2 * k + 1]) * np.array([np.cos(a), np.sin(a)])

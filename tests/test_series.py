@@ -181,7 +181,7 @@ def test_triangulation_sigma_matches_monte_carlo():
     """The propagated 3D σ of a bead agrees with the Monte Carlo spread of its triangulation."""
     from types import SimpleNamespace
 
-    from rsa.pipeline import _triangulation_sigma
+    from rsa.correspond import _triangulation_sigma
     from rsa.synthetic.geometry import look_at_view
     from rsa.triangulate import intersect_rays
 

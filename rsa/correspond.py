@@ -1,0 +1,158 @@
+"""Correspondence of one exam's patient beads between its two views, with their uncertainties.
+
+Rays through the patient detections of both views are paired by crossing-line error
+(:func:`rsa.triangulate.match_rays`, with each ray's uncertainty). Then beads that overlap in
+one view only are split there on the other view's epipolar lines (:mod:`rsa.epipolar`,
+:func:`rsa.detect_lines.split_on_lines`) and the rays are paired again. The 3D uncertainty of
+every pair follows from its detections' ``sigma_px`` (:func:`_triangulation_sigma`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rsa.detect import Beads2D, DetectOptions
+from rsa.detect_lines import split_on_lines
+from rsa.epipolar import one_view_overlaps
+from rsa.triangulate import RayMatch, match_rays
+
+
+@dataclass(frozen=True, eq=False)
+class Correspondence:
+    """Paired patient beads of an exam.
+
+    ``match`` pairs rows of ``uv_px`` (patient detections of each view, then the beads added by
+    splits); ``sigma_px`` and ``occluded`` per row; ``sigma_mm`` and ``misfit`` per pair
+    (``misfit``: either detection is flagged occluded, or came from a split); ``n_split`` the
+    detections split on epipolar lines.
+    """
+
+    match: RayMatch
+    uv_px: tuple[np.ndarray, np.ndarray]
+    sigma_px: tuple[np.ndarray, np.ndarray]
+    occluded: tuple[np.ndarray, np.ndarray]
+    sigma_mm: np.ndarray
+    misfit: np.ndarray
+    n_split: int
+
+
+def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Beads2D], cal, *,
+               pixel_spacing_mm, gate_mm: float, options: DetectOptions | None = None,
+               split_overlaps: bool = True) -> Correspondence:
+    """Pair the patient beads of an exam's two views (module doc).
+
+    Parameters
+    ----------
+    images : the two radiographs (as detected), for the splits
+    beads : their detections (:class:`rsa.detect.Beads2D`; objects with only ``uv_px``,
+        ``sigma_px`` and ``occluded`` are paired without the splits)
+    cal : rsa.calibrate.ExamCalibration of the exam (``a``, ``b`` with ``patient_mask``)
+    pixel_spacing_mm : detector pixel spacing
+    gate_mm : largest crossing-line error of a pair
+    options : the detection options used
+    split_overlaps : try the epipolar splits (default True)
+    """
+    opts = options if options is not None else DetectOptions()
+    cviews = (cal.a, cal.b)
+    masks = (cal.a.patient_mask, cal.b.patient_mask)
+    det = list(beads)
+    uv = [d.uv_px[k].copy() for d, k in zip(det, masks, strict=True)]
+    sig_px = [d.sigma_px[k].copy() for d, k in zip(det, masks, strict=True)]
+    occl = [d.occluded[k].copy() for d, k in zip(det, masks, strict=True)]
+
+    def match():
+        rays = [v.rays(u) for v, u in zip(cviews, uv, strict=True)]
+        sig = tuple(_ray_sigma(v, s, pixel_spacing_mm)
+                    for v, s in zip(cviews, sig_px, strict=True))
+        return match_rays(*rays[0], *rays[1], gate_mm=gate_mm,
+                          sigma_mm=sig), (rays[0][1], rays[1][1])
+
+    m, dirs = match()
+    # beads overlapping in one view only: split there on the other view's epipolar lines
+    n_split = 0
+    # (the splits refit the images: only for detections of rsa.detect, not bare centres)
+    split = split_overlaps and all(isinstance(d, Beads2D) for d in det)
+    for x, y in ((0, 1), (1, 0)) if split else ():
+        c = one_view_overlaps(cviews[x], cviews[y], uv[x], uv[y], m.pairs[:, [x, y]],
+                              float(np.median(det[x].radius_px[masks[x]])),
+                              det[x].turned_down_uv,
+                              m.likely & ~occl[x][m.pairs[:, x]] & ~occl[y][m.pairs[:, y]])
+        if len(c) == 0:
+            continue
+        lsig = np.hypot(np.max(sig_px[y][c.y], axis=-1), np.hypot(cviews[x].rms_px,
+                                                                  cviews[y].rms_px))
+        sp = split_on_lines(images[x], det[x], c.centre, c.points, c.normals, lsig,
+                            pixel_spacing_mm=pixel_spacing_mm, options=opts)
+        # the best split (largest χ² gain) first; each detection of either view used once
+        ok = np.zeros(len(c), bool)
+        used_x: set[int] = set()
+        used_y: set[int] = set()
+        taken: list[np.ndarray] = []
+        for k in np.argsort(-np.nan_to_num(sp.gain, nan=-np.inf), kind="stable"):
+            xs = {int(i) for i in c.x[k] if i >= 0}
+            ys = set(c.y[k].tolist())
+            here = any(np.all(np.abs(t - c.centre[k]) < 1e-9) for t in taken)
+            if sp.ok[k] and not here and not (used_x & xs) and not (used_y & ys):
+                ok[k] = True
+                used_x |= xs
+                used_y |= ys
+                taken.append(c.centre[k])
+        if not ok.any():
+            continue
+        new_uv, new_sig = [], []
+        for k in np.flatnonzero(ok):
+            for b in range(2):
+                i = c.x[k, b]
+                if i >= 0:                       # an existing detection takes this bead
+                    uv[x][i], sig_px[x][i], occl[x][i] = sp.uv_px[k, b], sp.sigma_px[k, b], True
+                else:
+                    new_uv.append(sp.uv_px[k, b])
+                    new_sig.append(sp.sigma_px[k, b])
+        if new_uv:
+            uv[x] = np.concatenate([uv[x], new_uv])
+            sig_px[x] = np.concatenate([sig_px[x], new_sig])
+            occl[x] = np.concatenate([occl[x], np.ones(len(new_uv), bool)])
+        n_split += int(ok.sum())
+    if n_split:
+        m, dirs = match()
+    sigma = _triangulation_sigma(m, cviews, dirs, sig_px, pixel_spacing_mm)
+    misfit = occl[0][m.pairs[:, 0]] | occl[1][m.pairs[:, 1]]
+    return Correspondence(m, tuple(uv), tuple(sig_px), tuple(occl), sigma, misfit, n_split)
+
+
+def _ray_sigma(view, sigma_px: np.ndarray, spacing_mm) -> np.ndarray:
+    """Across-ray uncertainty (mm) of each detection's ray at the patient, for matching.
+
+    The centre uncertainty (largest axis of ``sigma_px``) on the detector, scaled to the cage
+    centre (the lab origin, where the patient is) by focus–origin / focus–detector distance,
+    with the view's calibration residual (object space, at the markers) in quadrature.
+    """
+    s = _sigma_at(view, sigma_px, spacing_mm, float(np.linalg.norm(view.focus_mm)))
+    return np.maximum(np.hypot(s, view.rms_mm), 1e-6)   # > 0 also for noise-free input
+
+
+def _sigma_at(view, sigma_px: np.ndarray, spacing_mm, dist_mm) -> np.ndarray:
+    """Centre uncertainty (largest axis of ``sigma_px``) in mm at ``dist_mm`` from the focus
+    (scaled from the detector by distance / focus–detector distance)."""
+    s = np.max(np.atleast_2d(sigma_px), axis=-1) if np.ndim(sigma_px) > 1 else np.asarray(
+        sigma_px)
+    return s * float(np.mean(spacing_mm)) * np.asarray(dist_mm) / view.focus_detector_distance_mm
+
+
+def _triangulation_sigma(match, views, directions, sigma_px, spacing_mm) -> np.ndarray:
+    """Approximate 3D standard uncertainty (mm) of each triangulated bead.
+
+    Each view's centre uncertainty (largest axis of ``sigma_px``) is scaled to the bead by the
+    pixel spacing and the ratio focus–bead / focus–detector distance; the two ray errors combine
+    in quadrature and are amplified by 1/sin of the angle between the rays (intersection of two
+    uncertain lines).
+    """
+    out = [_sigma_at(view, np.asarray(sig)[match.pairs[:, k]], spacing_mm,
+                     np.linalg.norm(match.points_mm - view.focus_mm, axis=-1))
+           for k, (view, sig) in enumerate(zip(views, sigma_px, strict=True))]
+    da = directions[0][match.pairs[:, 0]]
+    db = directions[1][match.pairs[:, 1]]
+    sin = np.linalg.norm(np.cross(da, db), axis=-1)
+    return np.hypot(out[0], out[1]) / np.maximum(sin, 1e-3)

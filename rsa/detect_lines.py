@@ -1,0 +1,246 @@
+"""Two beads seen as one in a view, separated with their epipolar lines from the other view.
+
+Two beads whose shadows overlap in one view by more than about half a radius leave a single
+detection there that a one-bead model explains nearly as well as two (a slightly larger or
+elongated bead); the other view shows both. The correspondence stage (:mod:`rsa.pipeline`)
+finds the case from the geometry: a detection of one view lies on the epipolar lines of two
+beads of the other view, one of them left without a partner. This module then fits the
+detection's window with two beads sharing its background, each centre held to its epipolar line
+with the line's uncertainty (a penalty in the joint fit,
+:func:`rsa.detect_refits._fit_pair`); their blur and (round) shape are the image's typical ones,
+their radii and amplitudes free. The pair is kept when both amplitudes are those of a bead in
+this image (0.5–2× the typical amplitude: a single bead shared out between two lines gives two
+halves), it explains the window at least as well as the free one-bead fit, both centres sit on
+their lines within 3 σ, and they are at least :data:`MIN_SEPARATION` radii apart.
+
+The centres' covariance is that of the joint fit (line penalties included), scaled by the pair's
+reduced χ² and the noise correlation's variance inflation, plus ``model_error_px`` and the pair
+model's own systematic error (:data:`PAIR_MODEL_ERROR`) in quadrature; it contains
+the other view's information across each line, so the caller should not read the crossing-line
+error of the resulting pairs as independent evidence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from rsa.detect import Beads2D, DetectOptions, _validate
+from rsa.detect_refine import (
+    IA,
+    IB0,
+    IE1,
+    IE2,
+    ILC,
+    ILK,
+    ILS,
+    IR,
+    IU,
+    IV,
+    NPAR,
+    fit,
+    make_setup,
+    model_and_jacobian,
+    noise_correlation,
+)
+from rsa.detect_refits import _fit_pair, blocked, taper
+from rsa.detect_stages import _rel_variance, _windows
+from rsa.errors import InputError
+
+#: Clean beads fitted for the image's typical radius, blur and amplitude.
+N_TYPICAL = 12
+#: Systematic error of a split centre, per axis, as a fraction of the typical radius (the pair
+#: model holds shape and blur at the typical bead's): measured 0.05–0.09 px RMS per axis at
+#: 0.4–1.6 radii apart with radii 3.5–4.8 px (tests/test_detect_lines.py scene, 6 seeds),
+#: 0.24 px at 0.2 radii — closer than :data:`MIN_SEPARATION` a split is not kept.
+PAIR_MODEL_ERROR = 0.025
+#: Smallest separation of the two centres, in typical radii, at which a split is kept.
+MIN_SEPARATION = 0.3
+
+
+@dataclass(frozen=True)
+class LineSplit:
+    """Result of :func:`split_on_lines` for K detections.
+
+    Attributes
+    ----------
+    uv_px : (K, 2, 2) ndarray
+        Centres of the two beads, in the order of the lines given.
+    sigma_px : (K, 2, 2) ndarray
+        Their standard uncertainties along u and v.
+    ok : (K,) ndarray of bool
+        The two-bead fit was accepted (module doc).
+    amplitude : (K, 2) ndarray
+        Fitted amplitudes relative to the image's typical bead.
+    gain : (K,) ndarray
+        Decrease of the window's χ² from the free one-bead fit to the pair, in units of the
+        pair's noise (reduced χ² times the noise correlation's variance inflation).
+    """
+
+    uv_px: np.ndarray
+    sigma_px: np.ndarray
+    ok: np.ndarray
+    amplitude: np.ndarray
+    gain: np.ndarray
+
+
+def _typical(work, beads: Beads2D, setup, opts, log_display: bool) -> np.ndarray | None:
+    """Median parameters of the image's best clean beads (one-bead fits), or None."""
+    clean = np.flatnonzero(~np.asarray(beads.flags))
+    if clean.size < 3:
+        return None
+    pick = clean[np.argsort(-np.asarray(beads.score)[clean], kind="stable")][:N_TYPICAL]
+    p = _start(beads.uv_px[pick], beads.radius_px[pick], opts, setup, log_display)
+    r = _fit_one(work, p, setup, opts)
+    ok = (r.params[:, IA] > 0) & np.isfinite(r.params).all(1)
+    if ok.sum() < 3:
+        return None
+    return np.median(r.params[ok], axis=0)
+
+
+def _start(uv, radius, opts, setup, log_display: bool) -> np.ndarray:
+    p = np.zeros((len(uv), NPAR))
+    p[:, IU], p[:, IV] = uv[:, 0], uv[:, 1]
+    p[:, IR] = radius
+    p[:, ILK] = np.log(opts.optical_depth)
+    p[:, ILC] = np.arctanh(np.tanh(setup.t_lim)) if log_display else 0.0
+    return p
+
+
+def _fit_one(work, p, setup, opts):
+    """Plain one-bead fit (two weighting rounds), windows on the rounded start centres."""
+    data, inside, pu, pv = _windows(work, np.rint(p[:, [IU, IV]]).astype(int), setup.half)
+    r = None
+    for k in range(2):
+        w = inside / _rel_variance(p, pu, pv, setup, opts.read_noise_fraction)
+        r = fit(p, data, w, pu, pv, setup, iterations=opts.iterations, fixed=(ILC, ILK),
+                init_linear=k == 0)
+        p = r.params
+    return r
+
+
+def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points: ArrayLike,
+                   normals: ArrayLike, line_sigma_px: ArrayLike, *,
+                   pixel_spacing_mm: ArrayLike, bead_diameters_mm: ArrayLike = (0.8, 1.0),
+                   options: DetectOptions | None = None) -> LineSplit:
+    """Fit the image around ``centres`` as two beads on two given lines (module doc).
+
+    Parameters
+    ----------
+    image : (rows, cols) array_like
+        The radiograph ``beads`` were detected in (same polarity convention).
+    beads : Beads2D
+        Its detections (:func:`rsa.detect.detect_beads`): the image's typical bead is taken from
+        them.
+    centres : (K, 2) array_like
+        Where to fit (px): a detection, or a candidate the detector turned down.
+    points, normals : (K, 2, 2) array_like
+        For each detection, a point on each of the two lines and the lines' unit normals (px).
+    line_sigma_px : (K, 2) array_like
+        Standard uncertainty of each line across itself (px).
+    pixel_spacing_mm, bead_diameters_mm, options
+        As given to :func:`rsa.detect.detect_beads`.
+
+    Returns
+    -------
+    LineSplit
+
+    Raises
+    ------
+    InputError
+        Arrays of the wrong shape or non-finite centres.
+    """
+    opts = options if options is not None else DetectOptions()
+    cen = np.asarray(centres, float).reshape(-1, 2)
+    K = len(cen)
+    pts = np.asarray(points, float)
+    nrm = np.asarray(normals, float)
+    lsig = np.asarray(line_sigma_px, float)
+    if pts.shape != (K, 2, 2) or nrm.shape != (K, 2, 2) or lsig.shape != (K, 2):
+        raise InputError(f"split_on_lines: expected points and normals of shape ({K}, 2, 2) and "
+                         f"line_sigma_px ({K}, 2) for {K} centres, got {pts.shape}, "
+                         f"{nrm.shape}, {lsig.shape}.")
+    if not np.isfinite(cen).all():
+        raise InputError("split_on_lines: centres must be finite.")
+    empty = LineSplit(np.full((K, 2, 2), np.nan), np.full((K, 2, 2), np.nan),
+                      np.zeros(K, bool), np.full((K, 2), np.nan), np.full(K, np.nan))
+    if K == 0:
+        return empty
+    work, spacing, diam, _ = _validate(image, pixel_spacing_mm, bead_diameters_mm)
+    if beads.polarity == "dark":
+        work = np.float32(1.0) - work
+    r_lo = float(diam.min() / 2 * opts.magnification[0] / spacing)
+    r_hi = float(diam.max() / 2 * opts.magnification[1] / spacing)
+    setup = make_setup(r_lo, r_hi, sub=opts.subsample)
+    typ = _typical(work, beads, setup, opts, beads.log_display)
+    if typ is None:
+        return empty
+    r_typ = float(typ[IR])
+    d_ratio = float(np.sqrt(diam.max() / diam.min()))
+    setup = dataclasses.replace(setup, r_min=r_typ / (1.25 * d_ratio),
+                                r_max=r_typ * 1.25 * d_ratio)
+    # the free one-bead fit of each detection: the hypothesis to beat, and the background start
+    one = _fit_one(work, _start(cen, np.full(K, r_typ), opts, setup, beads.log_display), setup,
+                   opts)
+    data, inside, pu, pv = _windows(work, np.rint(cen).astype(int), setup.half)
+    # starts: the foot of the one-bead centre on each line, and the same moved apart along the
+    # lines (two beads on nearly parallel lines are separated mostly along them)
+    c = one.params[:, [IU, IV]]
+    off = np.einsum("kbi,kbi->kb", nrm, pts)                       # n·x = off on each line
+    foot = c[:, None] - (np.einsum("kbi,ki->kb", nrm, c) - off)[..., None] * nrm
+    along = np.stack([-nrm[..., 1], nrm[..., 0]], -1)                # (K, 2, 2) line directions
+    eps = opts.read_noise_fraction
+    cc = np.tanh(typ[ILC])
+
+    def pair_weights(qa, qb):
+        t = np.clip(1.0 - blocked(qa, pu, pv, setup) - blocked(qb, pu, pv, setup), 1e-6, 1.0)
+        rel = t ** (-2.0 * cc) * (t + eps) / (1.0 + eps)
+        return inside / (rel * np.minimum(taper(qa, pu, pv), taper(qb, pu, pv)))
+
+    lines = (nrm, off, 1.0 / np.maximum(lsig, 1e-3) ** 2)
+    npa = NPAR
+    fixed = (IE1, IE2, ILS, ILK, ILC, npa + 3, npa + 4, npa + 5)
+    best = None
+    for shift in (0.0, 0.4 * r_typ, -0.4 * r_typ):
+        pa = np.repeat(typ[None], K, axis=0)
+        pa[:, IB0:] = one.params[:, IB0:]          # the one-bead fit's background
+        pa[:, IE1] = pa[:, IE2] = 0.0              # round
+        pb = pa.copy()
+        pa[:, [IU, IV]] = foot[:, 0] + shift * along[:, 0]
+        pb[:, [IU, IV]] = foot[:, 1] - shift * along[:, 1]
+        pa[:, IA] = pb[:, IA] = typ[IA]
+        a, b, cost, hinv = _fit_pair(pa, pb, data, pair_weights(pa, pb), pu, pv, setup, fixed,
+                                     opts.iterations, lines=lines)
+        if best is None:
+            best = (a, b, cost, hinv)
+        else:
+            better = np.nan_to_num(cost, nan=np.inf) < best[2]
+            best = tuple(np.where(better.reshape(-1, *([1] * (x.ndim - 1))), y, x)
+                         for x, y in zip(best, (a, b, cost, hinv), strict=True))
+    a, b, _, _ = best
+    wts = pair_weights(a, b)
+    a, b, cost, hinv = _fit_pair(a, b, data, wts, pu, pv, setup, fixed, opts.iterations,
+                                 lines=lines)
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    model1 = model_and_jacobian(one.params, pu, pv, cu, cv, setup, jac=False)[0]
+    cost1 = np.einsum("nij,nij->n", wts, (data - model1) ** 2)
+    cab = np.stack([a[:, [IU, IV]], b[:, [IU, IV]]], 1)
+    res = off - np.einsum("kbi,kbi->kb", nrm, cab)
+    pen = np.sum(lines[2] * res * res, axis=1)
+    npix = (wts > 0).reshape(K, -1).sum(1)
+    red = (cost - pen) / np.maximum(npix - 11, 1)   # 6 background, 2 amplitudes, 2 + 2 centre
+    rho, _ = noise_correlation(work)
+    infl = max(float(rho.sum()), 1.0)
+    amp = np.stack([a[:, IA], b[:, IA]], 1) / typ[IA]
+    gain = (cost1 - (cost - pen)) / np.maximum(red * infl, 1e-300)
+    ok = (np.isfinite(cost) & (gain >= 0.0)
+          & np.all((amp >= 0.5) & (amp <= 2.0), axis=1)
+          & np.all(np.abs(res) * np.sqrt(lines[2]) <= 3.0, axis=1)
+          & (np.linalg.norm(cab[:, 0] - cab[:, 1], axis=1) >= MIN_SEPARATION * r_typ))
+    cov = hinv * (red * infl)[:, None, None]
+    var = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None).reshape(K, 2, 2)
+    sig = np.sqrt(var + opts.model_error_px ** 2 + (PAIR_MODEL_ERROR * r_typ) ** 2)
+    return LineSplit(cab, sig, ok, amp, gain)
