@@ -53,16 +53,17 @@ class SegmentSeries:
     n_used: np.ndarray                    # (E,)
     ambiguous: np.ndarray                 # (E,) bool labelling ambiguous
     fit_error: tuple[str, ...] = ()       # per exam: '' or why no pose could be fitted
-    model_xyz_mm: np.ndarray | None = None    # (M, 3) marker model fitted (reference beads
-                                              # plus beads placed from other exams), NaN unused
+    model_xyz_mm: np.ndarray | None = None    # (M, 3) marker model fitted: reference points,
+                                              # or placed from other exams (`completed`)
 
     @property
     def completed(self) -> np.ndarray:
-        """(M,) bool: beads the reference exam missed that joined the marker model from the
-        exams that see them (:func:`_complete_models`)."""
+        """(M,) bool: beads placed in the marker model from other exams because the reference
+        exam missed them or saw them only as an unlikely ray pair (:func:`_complete_models`)."""
         if self.model_xyz_mm is None:
             return np.zeros(len(self.bead_ids), dtype=bool)
-        return np.isfinite(self.model_xyz_mm[:, 0]) & ~np.isfinite(self.reference_xyz_mm[:, 0])
+        same = np.all(self.model_xyz_mm == self.reference_xyz_mm, axis=1)
+        return np.isfinite(self.model_xyz_mm[:, 0]) & ~same
 
     @property
     def model_points_mm(self) -> np.ndarray:
@@ -183,16 +184,24 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
         ref_models[seg.name] = model
 
     # 2.–3. Label every exam against the reference models; fit each segment, batched over
-    # exams. Then beads the reference exam missed join the models from the exams that see them
-    # (when any do), and 2.–3. run once more with the completed models.
-    ref_sigma = {seg.name: np.full(len(seg.bead_ids), np.nan) for seg in subject.segments}
+    # exams. Then beads the reference exam missed, or saw only as an unlikely ray pair, are
+    # placed in the models from the exams that see them (when any do), and 2.–3. run once more.
+    # (the first pass leaves the unlikely reference points out of the models: they would bias
+    # the poses from which their beads are placed)
+    weak = {}
+    for seg in subject.segments:
+        idx = claims[seg.name]
+        weak[seg.name] = np.zeros(len(idx), bool) if likely is None else \
+            (idx >= 0) & ~np.asarray(likely[ref_i], bool)[np.maximum(idx, 0)]
+    first = {k: np.where(weak[k][:, None], np.nan, m) for k, m in ref_models.items()}
+    no_sigma = {seg.name: np.full(len(seg.bead_ids), np.nan) for seg in subject.segments}
     segments, flags, notes2 = _label_and_fit(subject, points, thresholds, sigma_mm, likely,
-                                             labels, ref_i, ref_models, ref_sigma)
+                                             labels, ref_i, claims, first, no_sigma)
     models, model_sigma, placed = _complete_models(subject, segments, points, sigma_mm, likely,
-                                                   thresholds, ref_i)
-    if placed:
+                                                   thresholds, ref_i, weak)
+    if placed or any(w.any() for w in weak.values()):
         segments, flags, notes2 = _label_and_fit(subject, points, thresholds, sigma_mm, likely,
-                                                 labels, ref_i, models, model_sigma)
+                                                 labels, ref_i, claims, models, model_sigma)
         notes[exams[ref_i].id].extend(placed)
     for k, v in notes2.items():
         notes[k].extend(v)
@@ -213,10 +222,11 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
 
 
 def _label_and_fit(subject: SubjectSpec, points, thresholds, sigma_mm, likely, labels, ref_i,
-                   models: dict[str, np.ndarray], model_sigma: dict[str, np.ndarray]):
-    """Steps 2–3 of :func:`analyse_subject` for given marker models: every exam labelled
-    against them, then each segment fitted (batched over exams). Returns the segments and the
-    exams' flags and notes."""
+                   ref_claims: dict[str, np.ndarray], models: dict[str, np.ndarray],
+                   model_sigma: dict[str, np.ndarray]):
+    """Steps 2–3 of :func:`analyse_subject` for given marker models: every exam but the
+    reference (whose beads are ``ref_claims``) labelled against them, then each segment
+    fitted (batched over exams). Returns the segments and the exams' flags and notes."""
     exams = subject.exams
     flags: dict[str, list[str]] = {e.id: [] for e in exams}
     notes: dict[str, list[str]] = {e.id: [] for e in exams}
@@ -229,9 +239,8 @@ def _label_and_fit(subject: SubjectSpec, points, thresholds, sigma_mm, likely, l
         for seg in subject.segments:
             model = models[seg.name]
             if e == ref_i:
-                idx = np.where(np.isfinite(model[:, 0]),
-                               assign_by_proximity(model, points[e], tol_mm=1e-6), -1)
-                claims[seg.name], dists[seg.name] = idx, np.zeros(len(idx))
+                claims[seg.name] = ref_claims[seg.name].copy()
+                dists[seg.name] = np.zeros(len(model))
                 continue
             idx = _override(seg, labels[e], points[e])
             if idx is not None:
@@ -268,29 +277,36 @@ def _label_and_fit(subject: SubjectSpec, points, thresholds, sigma_mm, likely, l
 
 
 def _complete_models(subject: SubjectSpec, segments: dict[str, SegmentSeries], points,
-                     sigma_mm, likely, thresholds, ref_i
+                     sigma_mm, likely, thresholds, ref_i, weak: dict[str, np.ndarray]
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
-    """Place beads the reference exam missed into their segment's marker model.
+    """Place beads the reference exam missed, or saw only as an unlikely ray pair, into their
+    segment's marker model from the exams that see them.
 
     A bead hidden or overlapping in one view of the reference exam is otherwise lost for the
-    whole series, and the segment is fitted on fewer beads in every exam. Its position in the
-    reference frame is found from the exams that see it: each fitted pose (``y = R x + t``)
-    predicts where the manifest's approximate coordinates lie in that exam, the one unclaimed
-    clean point within the segment's tolerance is mapped back (``x = Rᵀ(y − t)``), and the bead
-    joins the model when at least ``thresholds["model_min_exams"]`` exams agree within
-    ``label_tol_mm`` (a spurious point does not follow the segment from exam to exam). Its
-    model position is their weighted mean (weights 1/σ², σ of each: its point's and that of
-    the exam's fitted pose at the bead, :func:`rsa.rigid.pose_point_sigma`), its uncertainty
-    that of the mean or their scatter, whichever is larger; the fit weights use it in place of
-    the reference exam's σ. The motion point and MTPM points stay those of the reference exam
-    and manifest (:attr:`SegmentSeries.model_points_mm`), so reported motion keeps its
-    definition.
+    whole series, and the segment is fitted on fewer beads in every exam; a reference point
+    that pairs two rays beyond their uncertainty (e.g. one ray of a bead overlapping another in
+    one view) puts a wrong bead position into the model of every exam. Such a bead's position
+    in the reference frame is found from the other exams: in each, the bead's own labelled
+    point if it is a likely pair, otherwise the one unclaimed likely point within the
+    segment's tolerance of where the fitted pose (``y = R x + t``) puts the manifest's
+    approximate coordinates, is mapped back (``x = Rᵀ(y − t)``). The bead is placed when at
+    least ``thresholds["model_min_exams"]`` exams agree within ``label_tol_mm`` (a spurious
+    point does not follow the segment from exam to exam), at their weighted mean (weights
+    1/σ², σ of each: its point's and that of the exam's fitted pose at the bead,
+    :func:`rsa.rigid.pose_point_sigma`); its uncertainty is that of the mean or their scatter,
+    whichever is larger, and the fit weights use it in place of the reference exam's σ.
+    Otherwise an unlikely reference point stays in the model (with its own large σ). The
+    ``segments`` are fitted without the unlikely reference points (``weak``). The motion point
+    and MTPM points stay those of the reference exam and manifest
+    (:attr:`SegmentSeries.model_points_mm`), so reported motion keeps its definition.
 
-    Returns the models, their σ (NaN for beads measured in the reference exam) and notes.
+    Returns the models, their σ (NaN for beads taken from the reference exam) and notes.
     """
     need = max(1, round(thresholds.get("model_min_exams", 2)))
     tol_same = thresholds["label_tol_mm"]
     E = len(subject.exams)
+    good = [np.ones(len(p), bool) if likely is None else np.asarray(lk, bool)
+            for p, lk in zip(points, likely if likely is not None else points, strict=True)]
     claimed = [np.zeros(len(p), dtype=bool) for p in points]
     for S in segments.values():
         for e in range(E):
@@ -302,31 +318,36 @@ def _complete_models(subject: SubjectSpec, segments: dict[str, SegmentSeries], p
         model = S.reference_xyz_mm.copy()
         msig = np.full(len(model), np.nan)
         models[seg.name], model_sigma[seg.name] = model, msig
-        miss = np.flatnonzero(~np.isfinite(model[:, 0]) & np.isfinite(seg.xyz_mm[:, 0]))
-        if miss.size == 0 or S.pose is None:
+        bad = weak[seg.name]
+        approx = np.where(np.isfinite(seg.xyz_mm), seg.xyz_mm, model)
+        todo = np.flatnonzero((~np.isfinite(model[:, 0]) | bad) & np.isfinite(approx[:, 0]))
+        if todo.size == 0 or S.pose is None:
             continue
-        xs = np.full((E, miss.size, 3), np.nan)
-        ss = np.full((E, miss.size), np.nan)
+        xs = np.full((E, todo.size, 3), np.nan)
+        ss = np.full((E, todo.size), np.nan)
         for e in np.flatnonzero(S.valid & ~S.ambiguous):
             if e == ref_i:
                 continue
-            free = ~claimed[e] & (np.ones(len(points[e]), bool) if likely is None
-                                  else np.asarray(likely[e], bool))
-            if not free.any():
-                continue
             R, t = S.pose.rotation[e], S.pose.translation[e]
-            pose_sig = pose_point_sigma(*_fit_variances(S, e, ref_i, sigma_mm),
-                                        seg.xyz_mm[miss])
-            pred = seg.xyz_mm[miss] @ R.T + t
-            d = np.linalg.norm(pred[:, None] - points[e][None, free], axis=-1)   # (m, F)
-            near = d <= seg.tolerance_mm
-            one = near.sum(axis=1) == 1          # exactly one candidate: unambiguous
-            j = np.flatnonzero(free)[np.argmin(np.where(near, d, np.inf), axis=1)]
-            y = points[e][j[one]]
-            xs[e, one] = (y - t) @ R                                     # Rᵀ(y − t)
-            s_pt = 0.0 if sigma_mm is None else sigma_mm[e][j[one]]
-            ss[e, one] = np.hypot(s_pt, pose_sig[one])
-        for k, m in enumerate(miss):
+            own = S.observed_index[e, todo]
+            j = np.where((own >= 0) & ~S.excluded[e, todo], own, -1)
+            j = np.where(j >= 0, np.where(good[e][np.maximum(j, 0)], j, -1), -1)
+            free = np.flatnonzero(~claimed[e] & good[e])
+            if free.size:
+                pred = approx[todo] @ R.T + t
+                d = np.linalg.norm(pred[:, None] - points[e][None, free], axis=-1)   # (m, F)
+                near = d <= seg.tolerance_mm
+                one = near.sum(axis=1) == 1          # exactly one candidate: unambiguous
+                k_free = free[np.argmin(np.where(near, d, np.inf), axis=1)]
+                j = np.where((j < 0) & one, k_free, j)
+            got = j >= 0
+            if not got.any():
+                continue
+            pose_sig = pose_point_sigma(*_fit_variances(S, e, ref_i, sigma_mm), approx[todo])
+            xs[e, got] = (points[e][j[got]] - t) @ R                     # Rᵀ(y − t)
+            s_pt = 0.0 if sigma_mm is None else sigma_mm[e][j[got]]
+            ss[e, got] = np.hypot(s_pt, pose_sig[got])
+        for k, m in enumerate(todo):
             ok = np.isfinite(xs[:, k, 0])
             if ok.sum() < need:
                 continue
@@ -339,11 +360,11 @@ def _complete_models(subject: SubjectSpec, segments: dict[str, SegmentSeries], p
             model[m] = (w[:, None] * xs[ok, k]).sum(axis=0) / w.sum()
             scatter = np.sqrt(np.sum((xs[ok, k] - model[m]) ** 2) / max(3 * (n - 1), 1) / n)
             msig[m] = max(float(np.sqrt(1.0 / w.sum())), scatter)
-            placed.append(f"{seg.name}: {seg.bead_ids[m]} not found in the reference exam; "
-                          f"placed in the marker model from {n} other exam(s) "
-                          f"(± {1000 * msig[m]:.0f} µm)")
+            why = ("seen in the reference exam only as an unlikely ray pair" if bad[m]
+                   else "not found in the reference exam")
+            placed.append(f"{seg.name}: {seg.bead_ids[m]} {why}; placed in the marker model "
+                          f"from {n} other exam(s) (± {1000 * msig[m]:.0f} µm)")
     return models, model_sigma, placed
-
 
 def _fit_variances(S: SegmentSeries, e: int, ref_i: int, sigma_mm
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -365,6 +386,9 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
     reference exam, whose σ is then the reference exam's own)."""
     E, M = observed.shape
     placed = np.zeros(M, bool) if model_sigma is None else np.isfinite(model_sigma)
+    ok_ref = observed[ref_i] >= 0
+    reference = np.full((M, 3), np.nan)     # the reference exam's own points
+    reference[ok_ref] = points[ref_i][observed[ref_i, ok_ref]]
     xyz = np.full((E, M, 3), np.nan)
     sig = np.zeros((E, M))
     for e in range(E):
@@ -378,9 +402,12 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
     bead_w = 1.0 / np.maximum(sig_model[None, :] ** 2 + sig ** 2, 1e-12) \
         if sigma_mm is not None else np.ones((E, M))
     xyz[:, ~np.isfinite(model[:, 0])] = np.nan
+    lost = ok_ref[None, :] & ~np.isfinite(xyz[..., 0])
+    # a reference point replaced in the model (an unlikely ray pair) takes no part in the
+    # reference exam's own fit
+    xyz[ref_i, placed & ok_ref] = np.nan
     n_valid = np.isfinite(xyz[..., 0]).sum(axis=1)
     min_beads = int(thresholds["min_beads"])
-    lost = (np.isfinite(model[:, 0]) & ~placed)[None, :] & ~np.isfinite(xyz[..., 0])
     for e in range(E):
         if lost[e].any():
             gone = [b for b, x in zip(seg.bead_ids, lost[e], strict=True) if x]
@@ -456,7 +483,6 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
             flags[exams[e].id].append(f"{seg.name}: {n_used[e]} beads used < {min_beads}")
         for r in reasons[e]:
             flags[exams[e].id].append(f"{seg.name}: unstable bead excluded: {r}")
-    reference = np.where(placed[:, None], np.nan, model)
     return SegmentSeries(seg.name, seg.bead_ids, reference, seg.xyz_mm, observed, xyz, excluded,
                          tuple(reasons), pose, me, cn, n_used, ambiguous, tuple(errors),
                          model_xyz_mm=model.copy())

@@ -310,3 +310,36 @@ def test_pose_sigma_matches_monte_carlo():
     # Monte Carlo SD of n = 4000 draws (3 axes pooled): relative SD ≈ 1/√(2·3n) ≈ 0.6 %;
     # the linearisation is exact to O(σ/r) ≈ 1e-3: 3 % is a > 4σ tolerance
     np.testing.assert_allclose(pose_point_sigma(model, sig ** 2, far), sd, rtol=0.03)
+
+
+def test_unlikely_reference_point_replaced_in_the_model(scene):
+    subject, points, _, _ = scene
+    spec = MotionSpec("implant", "bone")
+    s0 = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS)
+    j = s0.segments["bone"].observed_index[0, 3]
+    true_b3 = points[0][j].copy()
+    pts = [p.copy() for p in points]
+    pts[0][j] += [0.15, -0.1, 0.1]          # B3 in REF: a wrong pair (0.21 mm off) ...
+    likely = [np.ones(len(p), bool) for p in pts]
+    likely[0][j] = False                     # ... flagged unlikely by its crossing-line error
+    s = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS, likely=likely)
+    bone = s.segments["bone"]
+    assert bone.completed.tolist() == [k == 3 for k in range(8)]
+    # placed from the 4 other exams (error of the mean ≈ 0.006 mm per axis, see above) instead
+    # of the 0.21 mm wrong reference point
+    assert np.linalg.norm(bone.model_xyz_mm[3] - true_b3) < 0.05
+    np.testing.assert_array_equal(bone.reference_xyz_mm[3], pts[0][j])   # definition kept
+    assert any("B3 seen in the reference exam only as an unlikely ray pair" in n
+               for n in s.notes["REF"])
+    # the reference exam's own fit leaves the wrong point out: identity, zero motion there
+    np.testing.assert_allclose(bone.pose.translation[0], 0.0, atol=1e-9)
+    np.testing.assert_allclose(bone.pose.rotation[0], np.eye(3), atol=1e-12)
+    # and the follow-ups' bone poses carry the bone centroid where the clean analysis does,
+    # within noise (the model differs by the placed bead's error, ≈ 0.01–0.02 mm / 8 beads); the
+    # wrong point unreplaced would pull every fit by up to 0.21 mm / 8 beads ≈ 0.026 mm
+    c = bone.reference_xyz_mm[np.arange(8) != 3].mean(axis=0)
+    at_c = [(S.pose.rotation[1:] @ c) + S.pose.translation[1:] for S in (bone, s0.segments["bone"])]
+    np.testing.assert_allclose(at_c[0], at_c[1], atol=0.01)
+    # a likely reference point is kept
+    s2 = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS)
+    assert not s2.segments["bone"].completed.any()
