@@ -51,7 +51,7 @@ from rsa.detect_stages import _rel_variance, _windows
 from rsa.errors import InputError
 
 #: Clean beads fitted for the image's typical radius, blur and amplitude.
-N_TYPICAL = 12
+N_TYPICAL = 8
 #: Systematic error of a split centre, per axis, as a fraction of the typical radius (the pair
 #: model holds shape and blur at the typical bead's): measured 0.05–0.09 px RMS per axis at
 #: 0.4–1.6 radii apart with radii 3.5–4.8 px (tests/test_detect_lines.py scene, 6 seeds),
@@ -110,11 +110,11 @@ def _start(uv, radius, opts, setup, log_display: bool) -> np.ndarray:
     return p
 
 
-def _fit_one(work, p, setup, opts):
-    """Plain one-bead fit (two weighting rounds), windows on the rounded start centres."""
+def _fit_one(work, p, setup, opts, rounds: int = 2):
+    """Plain one-bead fit (weighting rounds), windows on the rounded start centres."""
     data, inside, pu, pv = _windows(work, np.rint(p[:, [IU, IV]]).astype(int), setup.half)
     r = None
-    for k in range(2):
+    for k in range(rounds):
         w = inside / _rel_variance(p, pu, pv, setup, opts.read_noise_fraction)
         r = fit(p, data, w, pu, pv, setup, iterations=opts.iterations, fixed=(ILC, ILK),
                 init_linear=k == 0)
@@ -184,10 +184,11 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
                                 r_max=r_typ * 1.25 * d_ratio)
     # the free one-bead fit of each detection: the hypothesis to beat, and the background start
     one = _fit_one(work, _start(cen, np.full(K, r_typ), opts, setup, beads.log_display), setup,
-                   opts)
+                   opts, rounds=1)
     data, inside, pu, pv = _windows(work, np.rint(cen).astype(int), setup.half)
     # starts: the foot of the one-bead centre on each line, and the same moved apart along the
-    # lines (two beads on nearly parallel lines are separated mostly along them)
+    # lines (two beads on nearly parallel lines are separated mostly along them); short fits
+    # from each, the best one refitted with its own pair weights
     c = one.params[:, [IU, IV]]
     off = np.einsum("kbi,kbi->kb", nrm, pts)                       # n·x = off on each line
     foot = c[:, None] - (np.einsum("kbi,ki->kb", nrm, c) - off)[..., None] * nrm
@@ -213,7 +214,7 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
         pb[:, [IU, IV]] = foot[:, 1] - shift * along[:, 1]
         pa[:, IA] = pb[:, IA] = typ[IA]
         a, b, cost, hinv = _fit_pair(pa, pb, data, pair_weights(pa, pb), pu, pv, setup, fixed,
-                                     opts.iterations, lines=lines)
+                                     max(4, opts.iterations // 3), lines=lines)
         if best is None:
             best = (a, b, cost, hinv)
         else:
