@@ -47,7 +47,7 @@ from rsa.detect_refine import (
     noise_correlation,
 )
 from rsa.detect_refits import _fit_pair, blocked, taper
-from rsa.detect_stages import _rel_variance, _windows
+from rsa.detect_stages import _rel_variance, _rel_variance_t, _windows
 from rsa.errors import InputError
 
 #: Clean beads fitted for the image's typical radius, blur and amplitude.
@@ -198,8 +198,8 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
 
     def pair_weights(qa, qb):
         t = np.clip(1.0 - blocked(qa, pu, pv, setup) - blocked(qb, pu, pv, setup), 1e-6, 1.0)
-        rel = t ** (-2.0 * cc) * (t + eps) / (1.0 + eps)
-        return inside / (rel * np.minimum(taper(qa, pu, pv), taper(qb, pu, pv)))
+        return inside / (_rel_variance_t(t, cc, eps)
+                         * np.minimum(taper(qa, pu, pv), taper(qb, pu, pv)))
 
     lines = (nrm, off, 1.0 / np.maximum(lsig, 1e-3) ** 2)
     npa = NPAR

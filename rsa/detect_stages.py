@@ -151,7 +151,12 @@ def _rel_variance(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup
     """
     c = np.tanh(p[:, ILC])[:, None, None]
     t = np.clip(1.0 - blocked(p, pu, pv, setup), 1e-6, 1.0)
-    return t ** (-2.0 * c) * (t + eps) / (1.0 + eps) * taper(p, pu, pv)
+    return _rel_variance_t(t, c, eps) * taper(p, pu, pv)
+
+
+def _rel_variance_t(t: np.ndarray, c: np.ndarray | float, eps: float) -> np.ndarray:
+    """The relative pixel variance of :func:`_rel_variance` at transmission ``t`` (no taper)."""
+    return t ** (-2.0 * c) * (t + eps) / (1.0 + eps)
 
 
 def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndarray,
