@@ -2,22 +2,28 @@
 
 Two beads whose shadows overlap in one view by more than about half a radius leave a single
 detection there that a one-bead model explains nearly as well as two (a slightly larger or
-elongated bead); the other view shows both. The correspondence stage (:mod:`rsa.pipeline`)
-finds the case from the geometry: a detection of one view lies on the epipolar lines of two
-beads of the other view, one of them left without a partner. This module then fits the
-detection's window with two beads sharing its background, each centre held to its epipolar line
-with the line's uncertainty (a penalty in the joint fit,
-:func:`rsa.detect_refits._fit_pair`); their blur and (round) shape are the image's typical ones,
-their radii and amplitudes free. The pair is kept when both amplitudes are those of a bead in
-this image (0.5–2× the typical amplitude: a single bead shared out between two lines gives two
-halves), it explains the window at least as well as the free one-bead fit, both centres sit on
-their lines within 3 σ, and they are at least :data:`MIN_SEPARATION` radii apart.
+elongated bead); the other view shows both. The correspondence stage (:mod:`rsa.correspond`,
+:mod:`rsa.epipolar`) finds such places from the geometry. This module fits the place's window
+with two beads sharing its background, each centre held to its epipolar line with the line's
+uncertainty (a penalty in the joint fit, :func:`rsa.detect_refits._fit_pair`); their blur and
+(round) shape are the image's typical ones, their radii and amplitudes free.
+
+The pair is kept when
+
+* both amplitudes are those of a bead in this image, 0.5–2× the typical amplitude (a single
+  bead shared out between two lines gives two halves). As in
+  :func:`rsa.detect_refits.split_merged` this relies on a log display, where the amplitude is
+  the display gain, the same for every bead; in a linear display it also scales with the local
+  background, and a split far from the typical beads' background may be refused;
+* it explains the window at least as well as the free one-bead fit;
+* both centres sit on their lines within 3 σ;
+* they are at least :data:`MIN_SEPARATION` typical radii apart.
 
 The centres' covariance is that of the joint fit (line penalties included), scaled by the pair's
 reduced χ² and the noise correlation's variance inflation, plus ``model_error_px`` and the pair
-model's own systematic error (:data:`PAIR_MODEL_ERROR`) in quadrature; it contains
-the other view's information across each line, so the caller should not read the crossing-line
-error of the resulting pairs as independent evidence.
+model's own systematic error (:data:`PAIR_MODEL_ERROR`) in quadrature. It contains the other
+view's information across each line, so the caller should not read the crossing-line error of
+the resulting pairs as independent evidence.
 """
 
 from __future__ import annotations
@@ -232,7 +238,8 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
     res = off - np.einsum("kbi,kbi->kb", nrm, cab)
     pen = np.sum(lines[2] * res * res, axis=1)
     npix = (wts > 0).reshape(K, -1).sum(1)
-    red = (cost - pen) / np.maximum(npix - 11, 1)   # 6 background, 2 amplitudes, 2 + 2 centre
+    # free: background 6; per bead centre 2, radius, amplitude
+    red = (cost - pen) / np.maximum(npix - 14, 1)
     rho, _ = noise_correlation(work)
     infl = max(float(rho.sum()), 1.0)
     amp = np.stack([a[:, IA], b[:, IA]], 1) / typ[IA]
