@@ -45,7 +45,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="folder to keep the study and results in")
     args = ap.parse_args()
-    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rsa-bench-"))
+    if args.keep:
+        return run(args, Path(args.keep))
+    with tempfile.TemporaryDirectory(prefix="rsa-bench-") as tmp:   # ≈ 0.5–1 GB of images
+        return run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, base: Path) -> int:
     t = time.perf_counter()
     study = write_study(base / "study", setup=args.setup, variant=args.variant, seed=args.seed)
     t_render = time.perf_counter() - t
