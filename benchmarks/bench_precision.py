@@ -42,7 +42,8 @@ an ideal pipeline; 1.5 is the issue's allowance.
 Diagnostic (printed, not checked) to split an excess between detection and calibration: the
 pipeline's 2D error of the used beads against the truth (RMS, and RMS of error / CRLB σ), and the
 *2D-only SD*: the pipeline's own detected 2D centres triangulated through the TRUE geometry and
-put through the same fits with the pipeline's own bead weights (``rsa.pipeline._bead_sigma``) —
+put through the same fits with the pipeline's own bead weights (``rsa.pipeline._bead_sigma``)
+and unlikely pairs (``likely``, as the pipeline passes them to ``rsa.series.analyse_subject``) —
 the observed SD without the calibration error. And the ratio of each bead's bound with its
 contrast, radius and a quadratic local background unknown (``_crlb.crlb(..., nuisance=True)``)
 to the centre-only bound used: how much the implied SD owes to knowing them (on the spine
@@ -84,10 +85,11 @@ from rsa.triangulate import intersect_rays
 NEAR_PX = 60.0
 
 
-def _quiet_subject(subj, pts, study, sig):
+def _quiet_subject(subj, pts, study, sig, likely=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RsaWarning)
-        return analyse_subject(subj, pts, study.motions, study.thresholds, sigma_mm=sig)
+        return analyse_subject(subj, pts, study.motions, study.thresholds, sigma_mm=sig,
+                               likely=likely)
 
 
 def implied_pipeline(res, subj, diff, spec, mc, rng):
@@ -144,7 +146,7 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
     seg_names = [s.name for s in scene.segments]
     t_by_id = {e["id"]: e for e in truth["exams"]}
     s_by_id = {e.id: e for e in scene.exams}
-    pts_draws, det_pts, sig3, det_sig = [], [], [], []
+    pts_draws, det_pts, sig3, det_sig, det_likely = [], [], [], [], []
     for e in subj.exams:
         te, se = t_by_id[e.id], s_by_id[e.id]
         xyz = np.concatenate([np.asarray(te["segments"][n]["xyz_mm"]) for n in seg_names])
@@ -200,9 +202,11 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
             (fa, da), (fb, db) = det_rays
             det_pts.append(intersect_rays(fa, da, fb, db)[0])
             det_sig.append(_bead_sigma(m)[j[used]])   # the pipeline's own fit weights
+            det_likely.append(m.likely[j[used]])      # ... and its unlikely pairs
         else:
             det_pts.append(np.zeros((0, 3)))
             det_sig.append(np.zeros(0))
+            det_likely.append(np.zeros(0, bool))
         sig3.append(np.sqrt(np.mean(np.sum((p - xyz[used]) ** 2, -1), 0)))
         stats["sigma_3d"].append(sig3[-1])
     out = []
@@ -211,7 +215,8 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
         sim_diff = double_exam_differences(sim, spec)[0]
         if len(sim_diff):
             out.append(sim_diff)
-    det = double_exam_differences(_quiet_subject(subj, det_pts, res.study, det_sig), spec)[0]
+    det = double_exam_differences(_quiet_subject(subj, det_pts, res.study, det_sig,
+                                                 det_likely), spec)[0]
     return out, det
 
 
