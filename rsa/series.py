@@ -339,7 +339,13 @@ def _complete_models(subject: SubjectSpec, segments: dict[str, SegmentSeries], p
                 near = d <= seg.tolerance_mm
                 one = near.sum(axis=1) == 1          # exactly one candidate: unambiguous
                 k_free = free[np.argmin(np.where(near, d, np.inf), axis=1)]
-                j = np.where((j < 0) & one, k_free, j)
+                take = (j < 0) & one
+                # a point wanted by two beads goes to the one it is nearer to
+                dmin = d.min(axis=1)
+                for q in np.flatnonzero(take):
+                    rival = take & (k_free == k_free[q]) & (dmin < dmin[q])
+                    take[q] = not rival.any()
+                j = np.where(take, k_free, j)
             got = j >= 0
             if not got.any():
                 continue

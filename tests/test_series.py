@@ -343,3 +343,27 @@ def test_unlikely_reference_point_replaced_in_the_model(scene):
     # a likely reference point is kept
     s2 = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS)
     assert not s2.segments["bone"].completed.any()
+
+
+def test_point_wanted_by_two_missed_beads_goes_to_the_nearer(scene):
+    subject, points, _, _ = scene
+    spec = MotionSpec("implant", "bone")
+    s0 = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS)
+    idx = s0.segments["bone"].observed_index
+    bone = subject.segments[0]
+    # the two closest bone beads: P missed in the reference exam and seen in the others, Q
+    # missed everywhere; a tolerance wide enough that Q's predicted place also reaches P's point
+    dist = np.linalg.norm(bone.xyz_mm[:, None] - bone.xyz_mm[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    p, q = np.unravel_index(np.argmin(dist), dist.shape)
+    pts = list(points)
+    for e in range(5):
+        pts = _without(pts, e, [idx[e, q]] + ([idx[e, p]] if e == 0 else []))
+    wide = SegmentSpec(bone.name, bone.role, bone.bead_ids, bone.xyz_mm, dist[p, q] + 2.0)
+    sub = SubjectSpec(subject.id, (wide, subject.segments[1]), subject.exams)
+    s = analyse_subject(sub, pts, [spec], DEFAULT_THRESHOLDS)
+    done = s.segments["bone"].completed
+    assert done[p]
+    assert not done[q]
+    np.testing.assert_allclose(s.segments["bone"].model_xyz_mm[p],
+                               s0.segments["bone"].reference_xyz_mm[p], atol=0.05)
