@@ -47,13 +47,12 @@ from rsa.detect_refine import (
     IU,
     IV,
     NPAR,
-    fit,
     make_setup,
     model_and_jacobian,
     noise_correlation,
 )
 from rsa.detect_refits import _fit_pair, blocked, taper
-from rsa.detect_stages import _rel_variance, _rel_variance_t, _windows
+from rsa.detect_stages import _rel_variance_t, _windows, reweighted_fit
 from rsa.errors import InputError
 
 #: Clean beads fitted for the image's typical radius, blur and amplitude.
@@ -119,13 +118,8 @@ def _start(uv, radius, opts, setup, log_display: bool) -> np.ndarray:
 def _fit_one(work, p, setup, opts, rounds: int = 2):
     """Plain one-bead fit (weighting rounds), windows on the rounded start centres."""
     data, inside, pu, pv = _windows(work, np.rint(p[:, [IU, IV]]).astype(int), setup.half)
-    r = None
-    for k in range(rounds):
-        w = inside / _rel_variance(p, pu, pv, setup, opts.read_noise_fraction)
-        r = fit(p, data, w, pu, pv, setup, iterations=opts.iterations, fixed=(ILC, ILK),
-                init_linear=k == 0)
-        p = r.params
-    return r
+    return reweighted_fit(p, data, inside, pu, pv, setup, opts.read_noise_fraction, rounds,
+                          opts.iterations, (ILC, ILK))
 
 
 def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points: ArrayLike,

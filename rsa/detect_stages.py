@@ -159,6 +159,20 @@ def _rel_variance_t(t: np.ndarray, c: np.ndarray | float, eps: float) -> np.ndar
     return t ** (-2.0 * c) * (t + eps) / (1.0 + eps)
 
 
+def reweighted_fit(p: np.ndarray, data: np.ndarray, ins: np.ndarray, pu: np.ndarray,
+                   pv: np.ndarray, setup: FitSetup, eps: float, rounds: int, iterations: int,
+                   fixed: tuple[int, ...], **kw: object) -> FitResult:
+    """One-bead fits with the pixel weights of :func:`_rel_variance` renewed from each round's
+    fit (``rounds`` rounds; the first starts from a linear fit unless ``init_linear=False``)."""
+    r = None
+    for _ in range(rounds):
+        w = ins / _rel_variance(p, pu, pv, setup, eps)
+        r = fit(p, data, w, pu, pv, setup, iterations=iterations, fixed=fixed, **kw)
+        p = r.params
+        kw["init_linear"] = False
+    return r
+
+
 def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, cround: np.ndarray,
                       r_lo: float, r_hi: float, diam: np.ndarray, log_display: bool, opts: Any,
                       scale: float, cstep: float = 1.0) -> dict[str, np.ndarray]:
@@ -183,13 +197,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
 
     def irls(p: np.ndarray, data: np.ndarray, ins: np.ndarray, pu_: np.ndarray,
              pv_: np.ndarray, rounds: int, iterations: int, **kw: object) -> FitResult:
-        r = None
-        for _ in range(rounds):
-            w = ins / _rel_variance(p, pu_, pv_, setup, eps)
-            r = fit(p, data, w, pu_, pv_, setup, iterations=iterations, fixed=fx, **kw)
-            p = r.params
-            kw["init_linear"] = False
-        return r
+        return reweighted_fit(p, data, ins, pu_, pv_, setup, eps, rounds, iterations, fx, **kw)
 
     # The display is linear (c = 0) or logarithmic (c = 1) in the detected quanta: a property
     # of the image (decided above from its noise), held fixed — free per bead it trades off

@@ -62,6 +62,11 @@ class OverlapCandidates:
     def __len__(self) -> int:
         return len(self.x)
 
+    @classmethod
+    def empty(cls) -> OverlapCandidates:
+        return cls(np.zeros((0, 2)), np.zeros((0, 2), np.intp), np.zeros((0, 2), np.intp),
+                   np.zeros((0, 2, 2)), np.zeros((0, 2, 2)))
+
 
 def one_view_overlaps(view_x, view_y, uv_x: np.ndarray, uv_y: np.ndarray, pairs: np.ndarray,
                       radius_px: float, turned_down_x: np.ndarray | None = None,
@@ -92,9 +97,13 @@ def one_view_overlaps(view_x, view_y, uv_x: np.ndarray, uv_y: np.ndarray, pairs:
     lone = np.flatnonzero(~paired_y & np.isfinite(uv_y[:, 0]))
     sites = np.concatenate([uv_x, td])
     site_x = np.concatenate([np.arange(len(uv_x)), np.full(len(td), -1)])
+    if len(uv_y) == 0:
+        return OverlapCandidates.empty()
     combos = []                                   # (centre u, v, x first, x second, y1, y2)
+    # every Y detection's line in X, once
+    py_all, ny_all, len_all = epipolar_lines(view_y, view_x, uv_y)
     if lone.size and len(sites):
-        px, nx, length = epipolar_lines(view_y, view_x, uv_y[lone])      # (L, 2), (L,)
+        px, nx, length = py_all[lone], ny_all[lone], len_all[lone]      # (L, 2), (L,)
         rel = sites[None] - px[:, None]                                  # (L, S, 2)
         dist = np.abs(np.einsum("lsi,li->ls", rel, nx))
         along = np.einsum("lsi,li->ls", rel, np.stack([nx[:, 1], -nx[:, 0]], -1))
@@ -118,12 +127,7 @@ def one_view_overlaps(view_x, view_y, uv_x: np.ndarray, uv_y: np.ndarray, pairs:
             mid = 0.5 * (uv_x[px_[a]] + uv_x[px_[b]])
             combos.append((*mid, px_[a], px_[b], pairs[a, 1], pairs[b, 1]))
     if not combos:
-        return OverlapCandidates(np.zeros((0, 2)), np.zeros((0, 2), np.intp),
-                                 np.zeros((0, 2), np.intp), np.zeros((0, 2, 2)),
-                                 np.zeros((0, 2, 2)))
+        return OverlapCandidates.empty()
     c = np.array(combos)
     y = c[:, 4:].astype(np.intp)
-    p1, n1, _ = epipolar_lines(view_y, view_x, uv_y[y[:, 0]])
-    p2, n2, _ = epipolar_lines(view_y, view_x, uv_y[y[:, 1]])
-    return OverlapCandidates(c[:, :2], c[:, 2:4].astype(np.intp), y, np.stack([p1, p2], 1),
-                             np.stack([n1, n2], 1))
+    return OverlapCandidates(c[:, :2], c[:, 2:4].astype(np.intp), y, py_all[y], ny_all[y])

@@ -140,17 +140,21 @@ def test_segments_that_never_move_apart_form_one_group():
     assert res.members(0).size == SIZES[0] + SIZES[1]
 
 
+def _assert_only_ambiguous(res, truth, bead):
+    """``bead`` alone is ambiguous and ungrouped; every other bead in its true group."""
+    assert res.ambiguous.tolist() == [b == bead for b in range(len(truth))]
+    expected = truth.copy()
+    expected[bead] = -1
+    assert _partition(res.group) == _partition(expected)
+
+
 def test_bead_unseen_where_segments_separate_is_ambiguous():
     """Only exam 0 moves the segments apart; a bead missing there fits either group."""
     x, truth, moved, rng = _series(3, n_exams=1)
     still = (x @ Rotation.from_euler("z", 3, degrees=True).as_matrix().T + [1.0, 2.0, 0.0])
     bead = int(np.flatnonzero(truth == 2)[0])
     points, _ = _observe(rng, np.stack([moved[0], still]), drop={(0, bead)})
-    res = group_rigid(x, points)
-    assert res.ambiguous.tolist() == [b == bead for b in range(len(x))]
-    expected = truth.copy()
-    expected[bead] = -1
-    assert _partition(res.group) == _partition(expected)
+    _assert_only_ambiguous(group_rigid(x, points), truth, bead)
 
 
 def test_bead_on_every_relative_rotation_axis_is_ambiguous():
@@ -173,11 +177,7 @@ def test_bead_on_every_relative_rotation_axis_is_ambiguous():
     others = np.flatnonzero(seg1) != pivot
     assert np.all(np.max(shift, axis=0)[others] > 2 * TOL_MM)
     points, _ = _observe(rng, exams)
-    res = group_rigid(x, points)
-    assert res.ambiguous.tolist() == [b == pivot for b in range(len(x))]
-    expected = truth.copy()
-    expected[pivot] = -1
-    assert _partition(res.group) == _partition(expected)
+    _assert_only_ambiguous(group_rigid(x, points), truth, pivot)
 
 
 def test_too_few_beads_gives_no_group():
