@@ -8,10 +8,11 @@ renderer's noise model — Poisson quanta spread by the detector blur plus read-
 the log display (delta method), plus rounding.
 
 ``nuisance=True`` also gives the bound when the estimator must estimate what no analysis of a
-patient image knows: each bead's contrast (a factor on its display contribution) and radius, and
-the local background (a quadratic in the window, as the detector fits). The centre-only bound
-takes them as known exactly; the Fisher matrix then has 2 + 8 columns and the centre block of its
-inverse is the bound [1]_.
+patient image knows: each bead's contrast (a factor on its display contribution) and radius, the
+local background (a quadratic in the window, as the detector fits) and, where an implant reaches
+into the window, the implant's position (a shift along each detector axis), attenuation and
+radius. The centre-only bound takes them as known exactly; the Fisher matrix then has up to
+2 + 12 columns and the centre block of its inverse is the bound [1]_.
 
 .. [1] Kay SM. Fundamentals of Statistical Signal Processing: Estimation Theory. Prentice Hall
        1993, §3.7 (vector parameter, nuisance parameters: the bound is the block of F⁻¹).
@@ -24,7 +25,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from rsa.synthetic.render import display_scale, render_expected
+from rsa.synthetic.render import Capsule, display_scale, render_expected
 
 
 def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
@@ -36,7 +37,8 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
     of ``centres``; ``move`` (bool mask, default all) the beads displaced for the derivatives.
     Beads whose window (plus the detector-blur margin) leaves the image get NaN, beads without
     information (singular Fisher matrix, e.g. behind metal) inf. With ``nuisance`` returns the
-    centre-only bound and the bound with contrast, radius and quadratic background unknown.
+    centre-only bound and the bound with contrast, radius, quadratic background and implants
+    unknown.
     """
     e_opts = replace(opts, noise=False)
     rows, cols = view.shape
@@ -67,6 +69,24 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
                      for sgn in (1.0, -1.0)) / (2 * eps)
         yy, xx = (np.mgrid[-half:half + 1, -half:half + 1] / half).reshape(2, -1)
         poly = np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy], 1)
+        # the implants: where they lie (a shift along each detector axis), their attenuation and
+        # radius (±1 %), all implants at once; a term that vanishes in a window is left out there
+        imp = []
+        if capsules:
+            for f in (lambda c, g: Capsule(c.p0_mm + g * 0.005 * view.u_axis,
+                                           c.p1_mm + g * 0.005 * view.u_axis,
+                                           c.radius_mm, c.mu_per_mm),
+                      lambda c, g: Capsule(c.p0_mm + g * 0.005 * view.v_axis,
+                                           c.p1_mm + g * 0.005 * view.v_axis,
+                                           c.radius_mm, c.mu_per_mm),
+                      lambda c, g: Capsule(c.p0_mm, c.p1_mm, c.radius_mm,
+                                           c.mu_per_mm * (1 + 0.01 * g)),
+                      lambda c, g: Capsule(c.p0_mm, c.p1_mm, c.radius_mm * (1 + 0.01 * g),
+                                           c.mu_per_mm)):
+                imp.append(sum(g * render_expected(view, centres, radii,
+                                                   capsules=[f(c, g) for c in capsules],
+                                                   options=e_opts).display
+                               for g in (1.0, -1.0)) / 2.0)
     # noise covariance in a (2h+1)² window: S = G·Poisson(I) + e·N, D = k ln(2I0/S)
     sig = opts.detector_blur_px
     g1 = cv2.getGaussianKernel(2 * int(np.ceil(4 * sig)) + 1, sig).ravel()
@@ -96,6 +116,8 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
         parts = [Jpx]
         if nuisance:
             parts += [J["a"][win].ravel()[:, None], J["r"][win].ravel()[:, None], poly]
+            parts += [c for c in (x[win].ravel()[:, None] for x in imp)
+                      if np.abs(c).max() > 1e-6 * np.abs(Jpx).max()]
         Af = np.concatenate(parts, 1)
         F = Af.T @ np.linalg.solve(C, Af)
         for res, Fk in ((out, F[:2, :2]), (out_n, F)):

@@ -203,7 +203,7 @@ def main(quick: bool = False) -> int:
           f"{crlb_rms[1]:9.4f} {1.0:9.2f}")
     # the bound when contrast, radius and a quadratic background are unknown too (not used by
     # the checks; shows how little the centre-only bound owes to knowing them)
-    print(f"{'  … contrast, radius, bg unknown':28s} {'':8s} {'':7s} {'':6s} "
+    print(f"{'  … + contrast, bg, implant':28s} {'':8s} {'':7s} {'':6s} "
           f"{crlb_n_rms[0]:9.4f} {crlb_n_rms[1]:9.4f} {np.max(crlb_n_rms / crlb_rms):9.2f}")
     checks = {
         "time ≤ 0.5 s": t_rsa <= 0.5,
