@@ -18,9 +18,16 @@ from typing import Any
 import numpy as np
 
 from rsa.detect_refine import (
+    _QS,
     IA,
+    IBU,
+    IBUU,
+    IBUV,
+    IBV,
+    IBVV,
     IE1,
     IE2,
+    IEA,
     IED,
     IET,
     IEW,
@@ -35,6 +42,7 @@ from rsa.detect_refine import (
     FitSetup,
     _clip,
     background,
+    edge_profile,
     fit,
     linear_init,
     linear_params,
@@ -71,6 +79,28 @@ def blocked(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> n
     q[:, IA] = 1.0
     q[:, ILC] = 0.0
     return model_and_jacobian(q, pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
+
+
+def background_gradient(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup
+                        ) -> np.ndarray:
+    """Gradient (N, 2) of each bead's fitted background (quadratic, and the edge term in the
+    edge layout), averaged over the bead where its centre is measured: weighted by the squared
+    gradient of its blurred blocked fraction (the rim)."""
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    du = (pu - cu[:, None])[:, None, :]
+    dv = (pv - cv[:, None])[:, :, None]
+    gu = p[:, IBU, None, None] + _QS * (2.0 * p[:, IBUU, None, None] * du
+                                        + p[:, IBUV, None, None] * dv)
+    gv = p[:, IBV, None, None] + _QS * (p[:, IBUV, None, None] * du
+                                        + 2.0 * p[:, IBVV, None, None] * dv)
+    if p.shape[1] > NPAR:
+        dF = p[:, IEA, None, None] * edge_profile(p, du, dv)[1]
+        gu = gu + dF * np.cos(p[:, IET])[:, None, None]
+        gv = gv + dF * np.sin(p[:, IET])[:, None, None]
+    bv, bu = np.gradient(blocked(p, pu, pv, setup), axis=(1, 2))
+    wt = bu * bu + bv * bv
+    tot = np.maximum(wt.sum(axis=(1, 2)), 1e-300)
+    return np.stack([(wt * gu).sum(axis=(1, 2)), (wt * gv).sum(axis=(1, 2))], 1) / tot[:, None]
 
 
 def taper(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, width: float = 3.0) -> np.ndarray:

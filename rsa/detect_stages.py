@@ -44,8 +44,6 @@ from scipy.spatial import cKDTree
 from rsa.detect_candidates import _close_pairs
 from rsa.detect_refine import (
     IA,
-    IBU,
-    IBV,
     IE1,
     IE2,
     IEA,
@@ -67,6 +65,7 @@ from rsa.detect_refine import (
     transmission_variance,
 )
 from rsa.detect_refits import (
+    background_gradient,
     bead_model,
     blocked,
     edge_refit,
@@ -413,7 +412,10 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         # bead blurred and shifted by σ_d²·a (exponential tilting of a Gaussian). In a log
         # display a = ∇(background)/gain; σ_d is the detector blur seen in the noise
         # correlation. Undo the shift.
-        grad = p[:, [IBU, IBV]] / np.where(p[:, IA] != 0, p[:, IA], np.inf)[:, None]
+        # The gradient is the background's (plane, curvature and any edge term) averaged over
+        # the bead: next to an edge it is not the plane's.
+        grad = background_gradient(p, pu, pv, setup) / np.where(
+            p[:, IA] != 0, p[:, IA], np.inf)[:, None]
         uv -= s_det ** 2 * grad
     noise = np.sqrt(r.chi2_red)   # background pixel noise (relative variance 1 there)
     _, chi2, chi2_ring = structure(r, inside, w, pu, pv, setup, opts)
