@@ -16,7 +16,9 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    metal implant edge (typical shape, a blurred step in the background, pixel noise growing with
    the background level: :func:`rsa.detect_refits.edge_rescue`) and kept if that fit passes the
    SNR test with a typical amplitude (flagged occluded, uncertainty widened along the edge
-   normal); removal of duplicates;
+   normal); a failed rescue that found a step starts once more a typical radius to either side
+   of it (next to a strong edge a bead's LoG peak can lie on the edge, beyond the rescue's
+   box); removal of duplicates;
 6. final weighted pass: pixel variance as a function of the modelled transmission (pooled,
    from the residuals), the sandwich covariance under the image's noise correlation (detector
    blur, from the noise itself), scaled per bead by its reduced χ² and the misfit around it,
@@ -90,6 +92,34 @@ def _windows(work: np.ndarray, centre: np.ndarray, half: int
     data = work[np.clip(pv, 0, H - 1)[:, :, None], np.clip(pu, 0, Wd - 1)[:, None, :]]
     wts = (inv[:, :, None] & inu[:, None, :]).astype(float)
     return data.astype(float), wts, pu.astype(float), pv.astype(float)
+
+
+def _rescue(q: np.ndarray, centres: np.ndarray, work: np.ndarray, setup: FitSetup, fx, eps: float,
+            log_display: bool, opts: Any, a_typ: float, box: float, *,
+            data: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edge-rescue fits (:func:`rsa.detect_refits.edge_rescue`) started from ``q`` with the
+    centres at ``centres`` (N, 2) int, in windows centred there (``data``: those windows'
+    values, e.g. with the neighbours subtracted), each centre held within ``box`` px of its
+    start. Returns the parameters, SNR and acceptance: the detector's SNR test, an amplitude
+    0.5–2× the typical ``a_typ`` and a fitted step."""
+    d0, inside, pu, pv = _windows(work, centres, setup.half)
+    q = q.copy()
+    q[:, IU], q[:, IV] = centres[:, 0], centres[:, 1]
+    e, _ = edge_rescue(q, d0 if data is None else data, inside,
+                       lambda x: _rel_variance(x, pu, pv, setup, eps), pu, pv, setup, fx,
+                       opts.iterations, eps, log_display, box=(centres.astype(float), box))
+    pe = e.params
+    snr = peak_contrast(e.model, pe, pu, pv) / np.sqrt(np.maximum(e.chi2_red, 1e-300))
+    amp = pe[:, IA] / a_typ
+    ok = ((snr >= opts.min_snr) & (amp >= 0.5) & (amp <= 2.0) & np.isfinite(pe).all(1)
+          & (pe[:, IEA] != 0.0))
+    return pe, snr, ok
+
+
+def _shifted_rescue(q: np.ndarray, centres: np.ndarray, *args) -> tuple[np.ndarray, ...]:
+    """:func:`_rescue` from starts moved off the candidates (a separate name, so that a test
+    can switch the second attempt off)."""
+    return _rescue(q, centres, *args)
 
 
 def _neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
@@ -307,23 +337,35 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         fail = fail[span > opts.edge_ratio * c_typ]
     if fail.size:
         q = p[fail].copy()
-        q[:, IU], q[:, IV] = cuv[fail, 0], cuv[fail, 1]
         q[:, IR], q[:, ILS] = np.median(p[good, IR]), np.median(p[good, ILS])
         q[:, IE1] = q[:, IE2] = 0.0
-        pu_f, pv_f = pu[fail], pv[fail]
-        e, _ = edge_rescue(q, data[fail], inside[fail],
-                           lambda x: _rel_variance(x, pu_f, pv_f, setup, eps), pu_f, pv_f,
-                           setup, fx, opts.iterations, eps, log_display,
-                           box=(cuv[fail].astype(float), max(1.0 + cstep, 0.25 * r_lo)))
-        pe = e.params
-        snr_e = peak_contrast(e.model, pe, pu_f, pv_f) / np.sqrt(np.maximum(e.chi2_red, 1e-300))
-        amp = pe[:, IA] / np.median(p[good, IA])
-        ok = ((snr_e >= opts.min_snr) & (amp >= 0.5) & (amp <= 2.0)
-              & np.isfinite(pe).all(1) & (pe[:, IEA] != 0.0))
-        k = fail[ok]
-        good[k] = True
-        rescue[k] = pe[ok]
-        p[k], snr[k], distorted[k] = pe[ok, :NPAR], snr_e[ok], False
+        a_typ = float(np.median(p[good, IA]))
+        args = (work, setup, fx, eps, log_display, opts, a_typ, max(1.0 + cstep, 0.25 * r_lo))
+        # from the candidates, in their windows (neighbours subtracted) ...
+        pe, snr_e, ok = _rescue(q, cuv[fail], *args, data=data[fail])
+        # ... then, for the failed fits that found a step, a typical radius to either side of
+        # it in windows centred there (the better accepted fit is kept): next to a strong edge
+        # the LoG peak of a bead can lie on the edge, a radius or more from the bead and beyond
+        # the rescue's box
+        redo = ~ok & np.isfinite(pe).all(1) & (pe[:, IEA] != 0.0)
+        normal = np.stack([np.cos(pe[redo, IET]), np.sin(pe[redo, IET])], 1)
+        tries = [(fail[ok], pe[ok], snr_e[ok], None)]
+        for side in (1.0, -1.0) if redo.any() else ():
+            start = np.rint(cuv[fail[redo]] + side * r_typ * normal).astype(int)
+            pe2, snr2, ok2 = _shifted_rescue(q[redo], start, *args)
+            tries.append((fail[redo][ok2], pe2[ok2], snr2[ok2], start[ok2]))
+        best = np.zeros(n)
+        for k, pk, sk, start in tries:
+            better = sk > best[k]
+            k, pk, sk = k[better], pk[better], sk[better]
+            best[k] = sk
+            if start is not None:   # the bead's windows are now centred at its start
+                w2 = _windows(work, start[better], setup.half)
+                data0[k], inside[k], pu[k], pv[k] = w2
+                data[k] = w2[0]
+            good[k] = True
+            rescue[k] = pk
+            p[k], snr[k], distorted[k] = pk[:, :NPAR], sk, False
     # duplicates: two candidates converged on one bead -> keep the higher SNR
     good[_duplicates(p, np.flatnonzero(good), snr, 0.5 * r_lo)] = False
     # strong candidates the tests turned down, away from every accepted bead (e.g. two beads
