@@ -25,8 +25,9 @@ class Correspondence:
 
     ``match`` pairs rows of ``uv_px`` (patient detections of each view, then the beads added by
     splits); ``sigma_px`` and ``occluded`` per row; ``sigma_mm`` and ``misfit`` per pair
-    (``misfit``: either detection is flagged occluded, or came from a split); ``n_split`` the
-    detections split on epipolar lines.
+    (``misfit``: either detection is flagged occluded, came from a split, or has a contrast
+    atypical of the image's beads, :func:`_atypical`); ``n_split`` the detections split on
+    epipolar lines.
     """
 
     match: RayMatch
@@ -118,8 +119,23 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     if n_split:
         m, dirs = match()
     sigma = _triangulation_sigma(m, cviews, dirs, sig_px, pixel_spacing_mm)
-    misfit = occl[0][m.pairs[:, 0]] | occl[1][m.pairs[:, 1]]
+    odd = [np.concatenate([_atypical(d)[k], np.zeros(len(u) - int(k.sum()), bool)])
+           for d, k, u in zip(det, masks, uv, strict=True)]      # split beads: not tested
+    misfit = (occl[0] | odd[0])[m.pairs[:, 0]] | (occl[1] | odd[1])[m.pairs[:, 1]]
     return Correspondence(m, tuple(uv), tuple(sig_px), tuple(occl), sigma, misfit, n_split)
+
+
+def _atypical(beads) -> np.ndarray:
+    """(N,) detections whose contrast is not that of a bead of this image: outside 0.5–2× the
+    median over the view's detections (cage markers included). Only in a log display, where a
+    bead's contrast is its own ln-attenuation whatever lies behind it (0.8 and 1.0 mm beads
+    differ by 1.25×); in a linear one it scales with the background, and nothing is flagged.
+    E.g. the rim of a screw's rounded tip, seen in both views, fitted as a faint wide "bead"."""
+    c = np.asarray(getattr(beads, "contrast", np.zeros(0)), float)
+    if not getattr(beads, "log_display", False) or c.size < 3:
+        return np.zeros(len(beads.uv_px), bool)
+    ratio = c / np.median(c)
+    return (ratio < 0.5) | (ratio > 2.0)
 
 
 def _ray_sigma(view, sigma_px: np.ndarray, spacing_mm) -> np.ndarray:
