@@ -16,9 +16,9 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    metal implant edge (typical shape, a blurred step in the background, pixel noise growing with
    the background level: :func:`rsa.detect_refits.edge_rescue`) and kept if that fit passes the
    SNR test with a typical amplitude (flagged occluded, uncertainty widened along the edge
-   normal); a failed rescue that found a step starts once more a typical radius to either side
-   of it (next to a strong edge a bead's LoG peak can lie on the edge, beyond the rescue's
-   box); removal of duplicates;
+   normal); a failed rescue that found a step and part of a bead starts once more a typical
+   radius along the step's normal, the way it moved (next to a strong edge a bead's LoG peak
+   can lie on the edge, beyond the rescue's box); removal of duplicates;
 6. final weighted pass: pixel variance as a function of the modelled transmission (pooled,
    from the residuals), the sandwich covariance under the image's noise correlation (detector
    blur, from the noise itself), scaled per bead by its reduced χ² and the misfit around it,
@@ -343,15 +343,20 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         args = (work, setup, fx, eps, log_display, opts, a_typ, max(1.0 + cstep, 0.25 * r_lo))
         # from the candidates, in their windows (neighbours subtracted) ...
         pe, snr_e, ok = _rescue(q, cuv[fail], *args, data=data[fail])
-        # ... then, for the failed fits that found a step, a typical radius to either side of
-        # it in windows centred there (the better accepted fit is kept): next to a strong edge
-        # the LoG peak of a bead can lie on the edge, a radius or more from the bead and beyond
-        # the rescue's box
-        redo = ~ok & np.isfinite(pe).all(1) & (pe[:, IEA] != 0.0)
-        normal = np.stack([np.cos(pe[redo, IET]), np.sin(pe[redo, IET])], 1)
+        # ... then, for the failed fits that found a step and part of a bead (0.2–2× the
+        # typical amplitude), once more a typical radius along the step's normal, the way the
+        # fit moved, in a window centred there: next to a strong edge the LoG peak of a bead
+        # can lie on the edge, a radius or more from the bead and beyond the rescue's box
+        move = pe[:, [IU, IV]] - cuv[fail]
+        normal = np.stack([np.cos(pe[:, IET]), np.sin(pe[:, IET])], 1)
+        side = np.sign(np.sum(move * normal, axis=1))
+        amp = pe[:, IA] / a_typ
+        redo = (~ok & np.isfinite(pe).all(1) & (pe[:, IEA] != 0.0) & (side != 0)
+                & (amp >= 0.2) & (amp <= 2.0))
         tries = [(fail[ok], pe[ok], snr_e[ok], None)]
-        for side in (1.0, -1.0) if redo.any() else ():
-            start = np.rint(cuv[fail[redo]] + side * r_typ * normal).astype(int)
+        if redo.any():
+            start = np.rint(cuv[fail[redo]] + (side[redo] * r_typ)[:, None]
+                            * normal[redo]).astype(int)
             pe2, snr2, ok2 = _shifted_rescue(q[redo], start, *args)
             tries.append((fail[redo][ok2], pe2[ok2], snr2[ok2], start[ok2]))
         best = np.zeros(n)

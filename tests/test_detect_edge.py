@@ -307,8 +307,9 @@ def test_metal_edge_beads_rescued(metal_scenes):
 # up to 14 through its axis), rendered with the renderer's own capsule. 13 beads with centres
 # −1 to +1 bead radius about the limb (positive: outside the rod), 12 controls away from it.
 # Next to so strong an edge a bead's LoG peak can lie on the edge, a radius or more from the
-# bead and beyond the rescue's box: the rescue then starts once more a typical radius to either
-# side of the step it fitted (``rsa.detect_stages._shifted_rescue``). Measured, seeds 0–7: the
+# bead and beyond the rescue's box: a rescue that fails but caught part of a bead (0.2–2× the
+# typical amplitude) starts once more a typical radius along the normal of the step it fitted,
+# the way it moved (``rsa.detect_stages._shifted_rescue``). Measured, seeds 0–7: the
 # restart finds 2 beads in seed 0, 1 in seed 1 and 1 in seed 2 (0.67–0.83 radii outside the
 # rod; 0.02–0.06 px from the truth, |error| ≤ 0.14 σ) and adds no detection; 0–4 beads per
 # seed with centres within about half a radius of the limb leave no LoG candidate at all and
