@@ -3,8 +3,11 @@
 Rays through the patient detections of both views are paired by crossing-line error
 (:func:`rsa.triangulate.match_rays`, with each ray's uncertainty). Then beads that overlap in
 one view only are split there on the other view's epipolar lines (:mod:`rsa.epipolar`,
-:func:`rsa.detect_lines.split_on_lines`) and the rays are paired again. The 3D uncertainty of
-every pair follows from its detections' ``sigma_px`` (:func:`_triangulation_sigma`).
+:func:`rsa.detect_lines.split_on_lines`) and the rays are paired again. Two pairs whose
+crossed pairings meet as well (two beads near one epipolar plane) are given with both pairings,
+all four points not likely, for the marker models to decide (:func:`_with_swaps`). The 3D
+uncertainty of every pair follows from its detections' ``sigma_px``
+(:func:`_triangulation_sigma`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from rsa.detect import Beads2D, DetectOptions
 from rsa.detect_lines import split_on_lines
 from rsa.epipolar import one_view_overlaps
-from rsa.triangulate import RayMatch, match_rays
+from rsa.triangulate import RayMatch, intersect_rays, match_rays
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,12 +66,12 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     sig_px = [d.sigma_px[k].copy() for d, k in zip(det, masks, strict=True)]
     occl = [d.occluded[k].copy() for d, k in zip(det, masks, strict=True)]
 
-    def match():
+    def match(swaps=False):
         rays = [v.rays(u) for v, u in zip(cviews, uv, strict=True)]
         sig = tuple(_ray_sigma(v, s, pixel_spacing_mm)
                     for v, s in zip(cviews, sig_px, strict=True))
-        return match_rays(*rays[0], *rays[1], gate_mm=gate_mm,
-                          sigma_mm=sig), (rays[0][1], rays[1][1])
+        m = match_rays(*rays[0], *rays[1], gate_mm=gate_mm, sigma_mm=sig)
+        return (_with_swaps(m, rays, sig) if swaps else m), (rays[0][1], rays[1][1])
 
     m, dirs = match()
     # beads overlapping in one view only: split there on the other view's epipolar lines
@@ -116,13 +119,66 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
             sig_px[x] = np.concatenate([sig_px[x], new_sig])
             occl[x] = np.concatenate([occl[x], np.ones(len(new_uv), bool)])
         n_split += int(ok.sum())
-    if n_split:
-        m, dirs = match()
+    m, dirs = match(swaps=True)
     sigma = _triangulation_sigma(m, cviews, dirs, sig_px, pixel_spacing_mm)
     odd = [np.concatenate([_atypical(d)[k], np.zeros(len(u) - int(k.sum()), bool)])
            for d, k, u in zip(det, masks, uv, strict=True)]      # split beads: not tested
     misfit = (occl[0] | odd[0])[m.pairs[:, 0]] | (occl[1] | odd[1])[m.pairs[:, 1]]
     return Correspondence(m, tuple(uv), tuple(sig_px), tuple(occl), sigma, misfit, n_split)
+
+
+def _with_swaps(m: RayMatch, rays, sig) -> RayMatch:
+    """``m`` with the other pairing of every two pairs whose pairings cannot be told apart.
+
+    Two beads near one epipolar plane give rays whose crossed pairings meet as well as the
+    true ones ([1]_ §9.1 of :func:`rsa.triangulate.match_rays`): pairs (a₁, b₁), (a₂, b₂)
+    such that (a₁, b₂) and (a₂, b₁) are also likely (CLE within their rays' uncertainty, as
+    :func:`rsa.triangulate.match_rays` judges a pair). The crossed pairs are added as two more
+    points, and all four are marked not likely: the marker models decide (a point that is not
+    likely is labelled only within the label tolerance of its bead, and reported only when
+    labelled). Rows stay sorted by the view-A ray.
+    """
+    if len(m.alternatives) == 0:
+        return m
+    nA, nB = len(rays[0][1]), len(rays[1][1])
+    pair_of_a = np.full(nA, -1)
+    pair_of_b = np.full(nB, -1)
+    pair_of_a[m.pairs[:, 0]] = np.arange(len(m))
+    pair_of_b[m.pairs[:, 1]] = np.arange(len(m))
+    alt, cle = m.alternatives, m.alternatives_cle_mm
+    var = sig[0][alt[:, 0]] ** 2 + sig[1][alt[:, 1]] ** 2
+    # likely as for a pair in match_rays: one bead seen twice beats unrelated rays
+    good = 0.5 * cle ** 2 / var + np.log(np.sqrt(0.5 * np.pi * var) / max(m.gate_mm, 1e-12)) < 0
+    like = np.zeros((nA, nB), bool)
+    like[alt[good, 0], alt[good, 1]] = True
+    p, q = pair_of_a[alt[good, 0]], pair_of_b[alt[good, 1]]      # (a₁, b₂): a₁ ∈ p, b₂ ∈ q
+    ok = (p >= 0) & (q >= 0) & (p != q)
+    p, q = p[ok], q[ok]
+    ok = like[m.pairs[q, 0], m.pairs[p, 1]] & m.likely[p] & m.likely[q]  # (a₂, b₁) likely too
+    grp = np.unique(np.sort(np.stack([p[ok], q[ok]], 1), axis=1), axis=0)
+    if len(grp) == 0:
+        return m
+    # only pairs in one group: three or more beads in one plane are left as matched
+    n_in = np.bincount(grp.ravel(), minlength=len(m))
+    grp = grp[(n_in[grp[:, 0]] == 1) & (n_in[grp[:, 1]] == 1)]
+    if len(grp) == 0:
+        return m
+    a, b = m.pairs[grp[:, 0]], m.pairs[grp[:, 1]]
+    new = np.concatenate([np.stack([a[:, 0], b[:, 1]], 1), np.stack([b[:, 0], a[:, 1]], 1)])
+    (oa, da), (ob, db) = rays
+    pts, c = intersect_rays(np.broadcast_to(oa, da.shape)[new[:, 0]], da[new[:, 0]],
+                            np.broadcast_to(ob, db.shape)[new[:, 1]], db[new[:, 1]])
+    likely = m.likely.copy()
+    likely[grp.ravel()] = False
+    pairs = np.concatenate([m.pairs, new])
+    order = np.argsort(pairs[:, 0], kind="stable")
+    return RayMatch(pairs=pairs[order], cle_mm=np.concatenate([m.cle_mm, c])[order],
+                    points_mm=np.concatenate([m.points_mm, pts])[order],
+                    ambiguous=np.concatenate([m.ambiguous | np.isin(np.arange(len(m)), grp),
+                                              np.ones(len(new), bool)])[order],
+                    alternatives=m.alternatives, alternatives_cle_mm=m.alternatives_cle_mm,
+                    gate_mm=m.gate_mm,
+                    likely=np.concatenate([likely, np.zeros(len(new), bool)])[order])
 
 
 def _atypical(beads) -> np.ndarray:

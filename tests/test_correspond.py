@@ -23,6 +23,7 @@ from rsa.correspond import correspond
 from rsa.detect import DetectOptions, detect_beads
 from rsa.synthetic.render import RenderOptions, render_view
 from rsa.synthetic.scene import build_scene
+from rsa.triangulate import match_rays
 
 SEED = 4
 EXAM = "Y01-NEU"
@@ -136,3 +137,43 @@ def test_screw_tip_pair_flagged(screw_tip_exam):
     assert far == 0
     # the test flags no further true bead: those flagged are flagged either way
     assert flagged_beads == _clean_far(screw_tip_exam, contrast_test=False)[1]
+
+
+def _rays(foci, beads):
+    return [(f, beads - f) for f in foci]
+
+
+def test_crossed_pairings_of_one_epipolar_plane_are_kept_for_the_models():
+    # two foci and beads 1, 2 in one plane through both (an epipolar plane), bead 3 off it:
+    # the crossed pairings (1, 2) and (2, 1) meet exactly, like the true ones
+    foci = np.array([[-300.0, 0.0, 1000.0], [300.0, 0.0, 1000.0]])
+    beads = np.array([[10.0, 0.0, 20.0], [-15.0, 0.0, -30.0], [5.0, 40.0, 0.0]])
+    rays = _rays(foci, beads)
+    sig = (np.full(3, 0.01), np.full(3, 0.01))
+    m = match_rays(*rays[0], *rays[1], gate_mm=0.5, sigma_mm=sig)
+    out = rsa.correspond._with_swaps(m, rays, sig)
+    assert len(out) == len(m) + 2
+    assert np.all(np.diff(out.pairs[:, 0]) >= 0)                       # still sorted by A
+    crossed = {(0, 1), (1, 0)}
+    rows = [k for k, p in enumerate(out.pairs.tolist()) if tuple(p) in crossed]
+    assert len(rows) == 2
+    assert np.all(out.cle_mm[rows] < 1e-9)
+    # the true and the crossed pairings of beads 1 and 2 are left to the marker models
+    in_plane = np.isin(out.pairs[:, 0], [0, 1])
+    assert not out.likely[in_plane].any()
+    assert out.ambiguous[in_plane].all()
+    true_rows = [k for k, p in enumerate(out.pairs.tolist()) if p[0] == p[1]]
+    np.testing.assert_allclose(out.points_mm[true_rows], beads, atol=1e-9)
+    # bead 3 is untouched
+    k3 = out.pairs[:, 0] == 2
+    assert k3.sum() == 1
+    assert out.likely[k3].all()
+
+
+def test_no_swap_without_a_shared_plane():
+    foci = np.array([[-300.0, 0.0, 1000.0], [300.0, 0.0, 1000.0]])
+    beads = np.array([[10.0, 0.0, 20.0], [-15.0, 30.0, -30.0], [5.0, 60.0, 0.0]])
+    rays = _rays(foci, beads)
+    sig = (np.full(3, 0.01), np.full(3, 0.01))
+    m = match_rays(*rays[0], *rays[1], gate_mm=0.5, sigma_mm=sig)
+    assert rsa.correspond._with_swaps(m, rays, sig) is m
