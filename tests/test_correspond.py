@@ -103,12 +103,14 @@ def test_both_found_with_the_split(overlap_exam):
 
 
 # Exam REF of seed 2: the rounded tip of a pedicle screw is seen in both views, and the rim of
-# its shadow is fitted as a faint, wide "bead" in each (contrast 0.81× and 0.17× the image's
-# median, SNR 8.5 and 4.2). Both are the same 3D feature, so their rays meet (crossing-line
-# error < 1 µm): a clean pair 30 mm from every bead. A bead's contrast in a log display is its
-# own ln-attenuation whatever lies behind it, and 0.17× is none of this image's beads: the pair
-# is flagged misfit (``rsa.correspond._atypical``), so it is reported only if a segment claims it.
+# its shadow is fitted as a faint, wide "bead" in each (in view B at 0.17× the image's median
+# contrast). Both are the same 3D feature, so their rays meet (crossing-line error < 1 µm): a
+# clean pair 30 mm from every bead. A bead's contrast in a log display is its own
+# ln-attenuation whatever lies behind it, and 0.17× is none of this image's beads: such a
+# detection makes its pair misfit (``rsa.correspond._atypical``), reported only if a segment
+# claims it.
 ODD_SEED, ODD_EXAM = 2, "REF"
+SCREW_TIP_B = (1338.1, 1323.65)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,23 @@ def screw_tip_exam():
     return _exam(ODD_SEED, ODD_EXAM)
 
 
-def _clean_far(exam, contrast_test: bool):
+def test_screw_tip_detection_is_atypical(screw_tip_exam):
+    _, dets, _, _, _, _, _ = screw_tip_exam
+    d = np.hypot(*(dets[1].uv_px - SCREW_TIP_B).T)
+    assert d.min() < 3.0                                   # the screw tip is detected ...
+    assert rsa.correspond._atypical(dets[1])[np.argmin(d)]   # ... and flagged
+
+
+def test_no_bead_is_atypical(screw_tip_exam):
+    _, dets, _, _, _, _, uv_true = screw_tip_exam
+    for det, uv in zip(dets, uv_true, strict=True):
+        d = np.linalg.norm(det.uv_px[:, None] - uv[None], axis=-1)
+        beads = np.flatnonzero(d.min(axis=1) < 1.0)
+        assert len(beads) >= 8
+        assert not rsa.correspond._atypical(det)[beads].any()
+
+
+def _clean_far(exam, contrast_test: bool) -> int:
     images, dets, cal, spacing, xyz, _, _ = exam
     with pytest.MonkeyPatch.context() as mp:
         if not contrast_test:
@@ -124,19 +142,25 @@ def _clean_far(exam, contrast_test: bool):
         cor = correspond(tuple(images), tuple(dets), cal, pixel_spacing_mm=spacing,
                          gate_mm=0.5, options=OPTIONS)
     d = np.linalg.norm(cor.match.points_mm[:, None] - xyz[None], axis=-1).min(axis=1)
-    clean = cor.match.likely & ~cor.misfit
-    return int(np.sum(clean & (d > 1.0))), int(np.sum(~clean & (d < 0.1)))
+    return int(np.sum(cor.match.likely & ~cor.misfit & (d > 1.0)))
 
 
 def test_screw_tip_pair_clean_without_the_contrast_test(screw_tip_exam):
-    assert _clean_far(screw_tip_exam, contrast_test=False)[0] >= 1
+    assert _clean_far(screw_tip_exam, contrast_test=False) >= 1
 
 
-def test_screw_tip_pair_flagged(screw_tip_exam):
-    far, flagged_beads = _clean_far(screw_tip_exam, contrast_test=True)
-    assert far == 0
-    # the test flags no further true bead: those flagged are flagged either way
-    assert flagged_beads == _clean_far(screw_tip_exam, contrast_test=False)[1]
+def test_screw_tip_pair_not_clean(screw_tip_exam):
+    assert _clean_far(screw_tip_exam, contrast_test=True) == 0
+
+
+def test_atypical_only_in_a_log_display():
+    class Det:
+        uv_px = np.zeros((6, 2))
+        contrast = np.array([1.0, 1.1, 0.9, 1.0, 0.3, 2.5])
+        log_display = True
+    np.testing.assert_array_equal(rsa.correspond._atypical(Det()), [0, 0, 0, 0, 1, 1])
+    Det.log_display = False
+    assert not rsa.correspond._atypical(Det()).any()
 
 
 def _rays(foci, beads):
