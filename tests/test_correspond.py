@@ -163,19 +163,20 @@ def test_atypical_only_in_a_log_display():
     assert not rsa.correspond._atypical(Det()).any()
 
 
-def _rays(foci, beads):
-    return [(f, beads - f) for f in foci]
+def _matched(beads):
+    """Rays of ``beads`` from two foci 600 mm apart, their σ and their match (and swaps)."""
+    foci = np.array([[-300.0, 0.0, 1000.0], [300.0, 0.0, 1000.0]])
+    rays = [(f, beads - f) for f in foci]
+    sig = (np.full(len(beads), 0.01), np.full(len(beads), 0.01))
+    m = match_rays(*rays[0], *rays[1], gate_mm=0.5, sigma_mm=sig)
+    return m, rsa.correspond._with_swaps(m, rays, sig)
 
 
 def test_crossed_pairings_of_one_epipolar_plane_are_kept_for_the_models():
     # two foci and beads 1, 2 in one plane through both (an epipolar plane), bead 3 off it:
     # the crossed pairings (1, 2) and (2, 1) meet exactly, like the true ones
-    foci = np.array([[-300.0, 0.0, 1000.0], [300.0, 0.0, 1000.0]])
     beads = np.array([[10.0, 0.0, 20.0], [-15.0, 0.0, -30.0], [5.0, 40.0, 0.0]])
-    rays = _rays(foci, beads)
-    sig = (np.full(3, 0.01), np.full(3, 0.01))
-    m = match_rays(*rays[0], *rays[1], gate_mm=0.5, sigma_mm=sig)
-    out = rsa.correspond._with_swaps(m, rays, sig)
+    m, out = _matched(beads)
     assert len(out) == len(m) + 2
     assert np.all(np.diff(out.pairs[:, 0]) >= 0)                       # still sorted by A
     crossed = {(0, 1), (1, 0)}
@@ -195,9 +196,5 @@ def test_crossed_pairings_of_one_epipolar_plane_are_kept_for_the_models():
 
 
 def test_no_swap_without_a_shared_plane():
-    foci = np.array([[-300.0, 0.0, 1000.0], [300.0, 0.0, 1000.0]])
-    beads = np.array([[10.0, 0.0, 20.0], [-15.0, 30.0, -30.0], [5.0, 60.0, 0.0]])
-    rays = _rays(foci, beads)
-    sig = (np.full(3, 0.01), np.full(3, 0.01))
-    m = match_rays(*rays[0], *rays[1], gate_mm=0.5, sigma_mm=sig)
-    assert rsa.correspond._with_swaps(m, rays, sig) is m
+    m, out = _matched(np.array([[10.0, 0.0, 20.0], [-15.0, 30.0, -30.0], [5.0, 60.0, 0.0]]))
+    assert out is m
