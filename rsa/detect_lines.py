@@ -14,7 +14,10 @@ The pair is kept when
   bead shared out between two lines gives two halves). As in
   :func:`rsa.detect_refits.split_merged` this relies on a log display, where the amplitude is
   the display gain, the same for every bead; in a linear display it also scales with the local
-  background, and a split far from the typical beads' background may be refused;
+  background, and a split far from the typical beads' background may be refused. In a log
+  display a pair not kept is fitted once more with both amplitudes held at the typical one
+  (free, they trade off against the radii: two heavily overlapping beads can grow to the
+  radius bound at half the amplitude);
 * it explains the window at least as well as the free one-bead fit;
 * both centres sit on their lines within 3 σ;
 * they are at least :data:`MIN_SEPARATION` typical radii apart.
@@ -203,46 +206,60 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
 
     lines = (nrm, off, 1.0 / np.maximum(lsig, 1e-3) ** 2)
     npa = NPAR
-    fixed = (IE1, IE2, ILS, ILK, ILC, npa + 3, npa + 4, npa + 5)
-    best = None
-    for shift in (0.0, 0.4 * r_typ, -0.4 * r_typ):
-        pa = np.repeat(typ[None], K, axis=0)
-        pa[:, IB0:] = one.params[:, IB0:]          # the one-bead fit's background
-        pa[:, IE1] = pa[:, IE2] = 0.0              # round
-        pb = pa.copy()
-        pa[:, [IU, IV]] = foot[:, 0] + shift * along[:, 0]
-        pb[:, [IU, IV]] = foot[:, 1] - shift * along[:, 1]
-        pa[:, IA] = pb[:, IA] = typ[IA]
-        a, b, cost, hinv = _fit_pair(pa, pb, data, pair_weights(pa, pb), pu, pv, setup, fixed,
-                                     max(4, opts.iterations // 3), lines=lines)
-        if best is None:
-            best = (a, b, cost, hinv)
-        else:
-            better = np.nan_to_num(cost, nan=np.inf) < best[2]
-            best = tuple(np.where(better.reshape(-1, *([1] * (x.ndim - 1))), y, x)
-                         for x, y in zip(best, (a, b, cost, hinv), strict=True))
-    a, b, _, _ = best
-    wts = pair_weights(a, b)
-    a, b, cost, hinv = _fit_pair(a, b, data, wts, pu, pv, setup, fixed, opts.iterations,
-                                 lines=lines)
-    cu, cv = pu[:, setup.half], pv[:, setup.half]
-    model1 = model_and_jacobian(one.params, pu, pv, cu, cv, setup, jac=False)[0]
-    cost1 = np.einsum("nij,nij->n", wts, (data - model1) ** 2)
-    cab = np.stack([a[:, [IU, IV]], b[:, [IU, IV]]], 1)
-    res = off - np.einsum("kbi,kbi->kb", nrm, cab)
-    pen = np.sum(lines[2] * res * res, axis=1)
-    npix = (wts > 0).reshape(K, -1).sum(1)
-    # free: background 6; per bead centre 2, radius, amplitude
-    red = (cost - pen) / np.maximum(npix - 14, 1)
     rho, _ = noise_correlation(work)
     infl = max(float(rho.sum()), 1.0)
-    amp = np.stack([a[:, IA], b[:, IA]], 1) / typ[IA]
-    gain = (cost1 - (cost - pen)) / np.maximum(red * infl, 1e-300)
-    ok = (np.isfinite(cost) & (gain >= 0.0)
-          & np.all((amp >= 0.5) & (amp <= 2.0), axis=1)
-          & np.all(np.abs(res) * np.sqrt(lines[2]) <= 3.0, axis=1)
-          & (np.linalg.norm(cab[:, 0] - cab[:, 1], axis=1) >= MIN_SEPARATION * r_typ))
-    cov = hinv * (red * infl)[:, None, None]
-    var = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None).reshape(K, 2, 2)
-    sig = np.sqrt(var + opts.model_error_px ** 2 + (PAIR_MODEL_ERROR * r_typ) ** 2)
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    model1 = model_and_jacobian(one.params, pu, pv, cu, cv, setup, jac=False)[0]
+
+    def attempt(fixed, n_free):
+        best = None
+        for shift in (0.0, 0.4 * r_typ, -0.4 * r_typ):
+            pa = np.repeat(typ[None], K, axis=0)
+            pa[:, IB0:] = one.params[:, IB0:]          # the one-bead fit's background
+            pa[:, IE1] = pa[:, IE2] = 0.0              # round
+            pb = pa.copy()
+            pa[:, [IU, IV]] = foot[:, 0] + shift * along[:, 0]
+            pb[:, [IU, IV]] = foot[:, 1] - shift * along[:, 1]
+            pa[:, IA] = pb[:, IA] = typ[IA]
+            a, b, cost, hinv = _fit_pair(pa, pb, data, pair_weights(pa, pb), pu, pv, setup,
+                                         fixed, max(4, opts.iterations // 3), lines=lines)
+            if best is None:
+                best = (a, b, cost, hinv)
+            else:
+                better = np.nan_to_num(cost, nan=np.inf) < best[2]
+                best = tuple(np.where(better.reshape(-1, *([1] * (x.ndim - 1))), y, x)
+                             for x, y in zip(best, (a, b, cost, hinv), strict=True))
+        a, b, _, _ = best
+        wts = pair_weights(a, b)
+        a, b, cost, hinv = _fit_pair(a, b, data, wts, pu, pv, setup, fixed, opts.iterations,
+                                     lines=lines)
+        cost1 = np.einsum("nij,nij->n", wts, (data - model1) ** 2)
+        cab = np.stack([a[:, [IU, IV]], b[:, [IU, IV]]], 1)
+        res = off - np.einsum("kbi,kbi->kb", nrm, cab)
+        pen = np.sum(lines[2] * res * res, axis=1)
+        npix = (wts > 0).reshape(K, -1).sum(1)
+        red = (cost - pen) / np.maximum(npix - n_free, 1)
+        amp = np.stack([a[:, IA], b[:, IA]], 1) / typ[IA]
+        gain = (cost1 - (cost - pen)) / np.maximum(red * infl, 1e-300)
+        ok = (np.isfinite(cost) & (gain >= 0.0)
+              & np.all((amp >= 0.5) & (amp <= 2.0), axis=1)
+              & np.all(np.abs(res) * np.sqrt(lines[2]) <= 3.0, axis=1)
+              & (np.linalg.norm(cab[:, 0] - cab[:, 1], axis=1) >= MIN_SEPARATION * r_typ))
+        cov = hinv * (red * infl)[:, None, None]
+        var = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None).reshape(K, 2, 2)
+        sig = np.sqrt(var + opts.model_error_px ** 2 + (PAIR_MODEL_ERROR * r_typ) ** 2)
+        return cab, sig, ok, amp, gain
+
+    # free: background 6; per bead centre 2, radius, amplitude
+    fixed = (IE1, IE2, ILS, ILK, ILC, npa + 3, npa + 4, npa + 5)
+    cab, sig, ok, amp, gain = attempt(fixed, 14)
+    if beads.log_display and not ok.all():
+        # In a log display the amplitude is the display gain, the same for every bead. Free,
+        # it trades off against the radius: two heavily overlapping beads can grow to the
+        # radius bound at half the amplitude and fail the amplitude test. Those not kept are
+        # fitted once more with it held at the typical bead's.
+        alt = attempt(fixed + (IA, npa + 6), 12)
+        take = ~ok & alt[2]
+        cab, sig, ok, amp, gain = (np.where(take.reshape(-1, *([1] * (x.ndim - 1))), y, x)
+                                   for x, y in zip((cab, sig, ok, amp, gain), alt, strict=True))
     return LineSplit(cab, sig, ok, amp, gain)
