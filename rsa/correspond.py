@@ -19,7 +19,7 @@ import numpy as np
 from rsa.detect import Beads2D, DetectOptions
 from rsa.detect_lines import split_on_lines
 from rsa.epipolar import one_view_overlaps
-from rsa.triangulate import RayMatch, intersect_rays, match_rays
+from rsa.triangulate import RayMatch, intersect_rays, match_rays, pair_nll
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,14 +66,13 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     sig_px = [d.sigma_px[k].copy() for d, k in zip(det, masks, strict=True)]
     occl = [d.occluded[k].copy() for d, k in zip(det, masks, strict=True)]
 
-    def match(swaps=False):
+    def match():
         rays = [v.rays(u) for v, u in zip(cviews, uv, strict=True)]
         sig = tuple(_ray_sigma(v, s, pixel_spacing_mm)
                     for v, s in zip(cviews, sig_px, strict=True))
-        m = match_rays(*rays[0], *rays[1], gate_mm=gate_mm, sigma_mm=sig)
-        return (_with_swaps(m, rays, sig) if swaps else m), (rays[0][1], rays[1][1])
+        return match_rays(*rays[0], *rays[1], gate_mm=gate_mm, sigma_mm=sig), rays, sig
 
-    m, dirs = match()
+    m, rays, sig = match()
     # beads overlapping in one view only: split there on the other view's epipolar lines
     n_split = 0
     # (the splits refit the images: only for detections of rsa.detect, not bare centres)
@@ -119,8 +118,10 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
             sig_px[x] = np.concatenate([sig_px[x], new_sig])
             occl[x] = np.concatenate([occl[x], np.ones(len(new_uv), bool)])
         n_split += int(ok.sum())
-    m, dirs = match(swaps=True)
-    sigma = _triangulation_sigma(m, cviews, dirs, sig_px, pixel_spacing_mm)
+    if n_split:
+        m, rays, sig = match()
+    m = _with_swaps(m, rays, sig)
+    sigma = _triangulation_sigma(m, cviews, (rays[0][1], rays[1][1]), sig_px, pixel_spacing_mm)
     odd = [np.concatenate([_atypical(d)[k], np.zeros(len(u) - int(k.sum()), bool)])
            for d, k, u in zip(det, masks, uv, strict=True)]      # split beads: not tested
     misfit = (occl[0] | odd[0])[m.pairs[:, 0]] | (occl[1] | odd[1])[m.pairs[:, 1]]
@@ -146,9 +147,8 @@ def _with_swaps(m: RayMatch, rays, sig) -> RayMatch:
     pair_of_a[m.pairs[:, 0]] = np.arange(len(m))
     pair_of_b[m.pairs[:, 1]] = np.arange(len(m))
     alt, cle = m.alternatives, m.alternatives_cle_mm
-    var = sig[0][alt[:, 0]] ** 2 + sig[1][alt[:, 1]] ** 2
     # likely as for a pair in match_rays: one bead seen twice beats unrelated rays
-    good = 0.5 * cle ** 2 / var + np.log(np.sqrt(0.5 * np.pi * var) / max(m.gate_mm, 1e-12)) < 0
+    good = pair_nll(cle, sig[0][alt[:, 0]] ** 2 + sig[1][alt[:, 1]] ** 2, m.gate_mm) < 0
     like = np.zeros((nA, nB), bool)
     like[alt[good, 0], alt[good, 1]] = True
     p, q = pair_of_a[alt[good, 0]], pair_of_b[alt[good, 1]]      # (a₁, b₂): a₁ ∈ p, b₂ ∈ q

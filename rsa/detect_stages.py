@@ -96,24 +96,27 @@ def _windows(work: np.ndarray, centre: np.ndarray, half: int
 
 def _rescue(q: np.ndarray, centres: np.ndarray, work: np.ndarray, setup: FitSetup, fx, eps: float,
             log_display: bool, opts: Any, a_typ: float, box: float, *,
-            data: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            windows: tuple[np.ndarray, ...] | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
     """Edge-rescue fits (:func:`rsa.detect_refits.edge_rescue`) started from ``q`` with the
-    centres at ``centres`` (N, 2) int, in windows centred there (``data``: those windows'
-    values, e.g. with the neighbours subtracted), each centre held within ``box`` px of its
-    start. Returns the parameters, SNR and acceptance: the detector's SNR test, an amplitude
-    0.5–2× the typical ``a_typ`` and a fitted step."""
-    d0, inside, pu, pv = _windows(work, centres, setup.half)
+    centres at ``centres`` (N, 2) int, in windows centred there (``windows``: data, weights,
+    pu, pv as :func:`_windows` gives them, e.g. with the neighbours subtracted; cut from
+    ``work`` when None), each centre held within ``box`` px of its start. Returns the
+    parameters, SNR and acceptance (the detector's SNR test, an amplitude 0.5–2× the typical
+    ``a_typ`` and a fitted step) and the windows."""
+    windows = _windows(work, centres, setup.half) if windows is None else windows
+    data, inside, pu, pv = windows
     q = q.copy()
     q[:, IU], q[:, IV] = centres[:, 0], centres[:, 1]
-    e, _ = edge_rescue(q, d0 if data is None else data, inside,
-                       lambda x: _rel_variance(x, pu, pv, setup, eps), pu, pv, setup, fx,
-                       opts.iterations, eps, log_display, box=(centres.astype(float), box))
+    e, _ = edge_rescue(q, data, inside, lambda x: _rel_variance(x, pu, pv, setup, eps), pu, pv,
+                       setup, fx, opts.iterations, eps, log_display,
+                       box=(centres.astype(float), box))
     pe = e.params
     snr = peak_contrast(e.model, pe, pu, pv) / np.sqrt(np.maximum(e.chi2_red, 1e-300))
     amp = pe[:, IA] / a_typ
     ok = ((snr >= opts.min_snr) & (amp >= 0.5) & (amp <= 2.0) & np.isfinite(pe).all(1)
           & (pe[:, IEA] != 0.0))
-    return pe, snr, ok
+    return pe, snr, ok, windows
 
 
 def _shifted_rescue(q: np.ndarray, centres: np.ndarray, *args) -> tuple[np.ndarray, ...]:
@@ -342,7 +345,8 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         a_typ = float(np.median(p[good, IA]))
         args = (work, setup, fx, eps, log_display, opts, a_typ, max(1.0 + cstep, 0.25 * r_lo))
         # from the candidates, in their windows (neighbours subtracted) ...
-        pe, snr_e, ok = _rescue(q, cuv[fail], *args, data=data[fail])
+        pe, snr_e, ok, _ = _rescue(q, cuv[fail], *args,
+                                   windows=(data[fail], inside[fail], pu[fail], pv[fail]))
         # ... then, for the failed fits that found a step and part of a bead (0.2–2× the
         # typical amplitude), once more a typical radius along the step's normal, the way the
         # fit moved, in a window centred there: next to a strong edge the LoG peak of a bead
@@ -357,17 +361,16 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         if redo.any():
             start = np.rint(cuv[fail[redo]] + (side[redo] * r_typ)[:, None]
                             * normal[redo]).astype(int)
-            pe2, snr2, ok2 = _shifted_rescue(q[redo], start, *args)
-            tries.append((fail[redo][ok2], pe2[ok2], snr2[ok2], start[ok2]))
+            pe2, snr2, ok2, w2 = _shifted_rescue(q[redo], start, *args)
+            tries.append((fail[redo][ok2], pe2[ok2], snr2[ok2], tuple(x[ok2] for x in w2)))
         best = np.zeros(n)
-        for k, pk, sk, start in tries:
+        for k, pk, sk, win in tries:
             better = sk > best[k]
             k, pk, sk = k[better], pk[better], sk[better]
             best[k] = sk
-            if start is not None:   # the bead's windows are now centred at its start
-                w2 = _windows(work, start[better], setup.half)
-                data0[k], inside[k], pu[k], pv[k] = w2
-                data[k] = w2[0]
+            if win is not None:   # the bead's windows are now centred at its start
+                data0[k], inside[k], pu[k], pv[k] = (x[better] for x in win)
+                data[k] = data0[k]
             good[k] = True
             rescue[k] = pk
             p[k], snr[k], distorted[k] = pk[:, :NPAR], sk, False

@@ -506,11 +506,8 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
             raise ShapeError(f"Expected `sigma_mm` to be two arrays of positive σ of shapes "
                              f"({cle.shape[0]},) and ({cle.shape[1]},), got "
                              f"{s1.shape} and {s2.shape}.")
-        var = s1[:, None] ** 2 + s2[None, :] ** 2
-        # −log(likelihood ratio): one bead (half-normal CLE, scale √var) vs unrelated rays
-        # (CLE uniform on [0, gate])
         with np.errstate(invalid="ignore"):
-            nll = 0.5 * cle ** 2 / var + np.log(np.sqrt(0.5 * np.pi * var) / max(gate, 1e-12))
+            nll = pair_nll(cle, s1[:, None] ** 2 + s2[None, :] ** 2, gate)
     g2 = max(gate, 1e-12) ** 2
     if nll is None:
         pairs = _assign(ok, cle ** 2, 0.5 * g2)
@@ -538,6 +535,13 @@ def match_rays(o1: ArrayLike, d1: ArrayLike, o2: ArrayLike, d2: ArrayLike, *,
     return RayMatch(pairs=pairs, cle_mm=cle[i, j], points_mm=points[i, j], ambiguous=ambiguous,
                     alternatives=alt, alternatives_cle_mm=cle[alt[:, 0], alt[:, 1]],
                     gate_mm=gate, likely=likely)
+
+
+def pair_nll(cle: np.ndarray, var: np.ndarray, gate: float) -> np.ndarray:
+    """−log(likelihood ratio) of a ray pair: one bead seen twice (half-normal crossing-line
+    error of variance ``var``, the sum of the rays' σ²) against unrelated rays (CLE uniform on
+    [0, ``gate``]). Below 0 the pair is likely (:attr:`RayMatch.likely`)."""
+    return 0.5 * cle ** 2 / var + np.log(np.sqrt(0.5 * np.pi * var) / max(gate, 1e-12))
 
 
 def _assign(ok: np.ndarray, pair_cost: np.ndarray, miss: float) -> np.ndarray:

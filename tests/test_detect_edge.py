@@ -345,8 +345,8 @@ def _rod_scene(seed: int):
 
 
 def _no_restart(q, centres, *args):
-    pe, snr, ok = rsa.detect_stages._rescue(q, centres, *args)
-    return pe, snr, np.zeros_like(ok)
+    pe, snr, ok, windows = rsa.detect_stages._rescue(q, centres, *args)
+    return pe, snr, np.zeros_like(ok), windows
 
 
 def test_rod_limb_beads_found_by_the_restarted_rescue():
