@@ -19,14 +19,11 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    normal); a failed rescue that found a step and part of a bead starts once more a typical
    radius along the step's normal, the way it moved (next to a strong edge a bead's LoG peak
    can lie on the edge, beyond the rescue's box); removal of duplicates;
-6. final weighted pass: beads whose disc overlaps an accepted neighbour's are first deblended
-   once more with the image's typical shape held (the median ellipticity of the beads without
-   neighbours: free, each fit's ellipticity absorbs the misfit of its neighbour's subtracted
-   model and the pair settles pulled together); pixel variance as a function of the modelled
-   transmission (pooled, from the residuals), the sandwich covariance under the image's noise
-   correlation (detector blur, from the noise itself), scaled per bead by its reduced χ² and
-   the misfit around it, plus a model-error floor; correction of the shift that the detector
-   blur causes on a background gradient (log display);
+6. final weighted pass: pixel variance as a function of the modelled transmission (pooled,
+   from the residuals), the sandwich covariance under the image's noise correlation (detector
+   blur, from the noise itself), scaled per bead by its reduced χ² and the misfit around it,
+   plus a model-error floor; correction of the shift that the detector blur causes on a
+   background gradient (log display);
 7. beads with structure next to them (flagged, or screened by a cheap linear fit) are refitted
    with a blurred straight step in the background, kept where χ² drops by more than noise
    could; beads with misfit on their disc away from structure are tried as two overlapping
@@ -41,7 +38,6 @@ background level across the implant edge.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -138,40 +134,6 @@ def _neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitS
     i, j = pairs[:, 0], pairs[:, 1]
     np.add.at(out, i, bead_model(p[j], pu[i], pv[i], setup))
     return out
-
-
-def _deblend(p: np.ndarray, data0: np.ndarray, pu: np.ndarray, pv: np.ndarray,
-             setup: FitSetup, pairs: np.ndarray, rows: np.ndarray, rounds: int,
-             refit: Callable[[np.ndarray, np.ndarray], FitResult]
-             ) -> tuple[np.ndarray, FitResult | None]:
-    """Deblending: subtract the neighbours' bead models (``pairs``) from each window and refit
-    the beads ``rows`` (``refit(params, windows)``), alternately, until their centres settle
-    (at most ``rounds`` times). Returns all parameters and the rows' last fit."""
-    p = p.copy()
-    r = None
-    for _ in range(rounds):
-        data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
-        r = refit(p[rows], data[rows])
-        moved = np.abs(r.params[:, :2] - p[rows, :2]).max()
-        p[rows] = r.params
-        if moved < 1e-3:
-            break
-    return p, r
-
-
-def _held_shape(p: np.ndarray, pairs: np.ndarray, rescued: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Beads to deblend with the image's typical shape: those whose disc overlaps a neighbour's
-    (centres closer than the sum of the radii), not rescued; and the beads that give the shape
-    (without neighbours, not rescued). None when fewer than three such beads."""
-    none = np.zeros(0, np.intp)
-    lone = np.setdiff1d(np.flatnonzero(~rescued), pairs.ravel())
-    if len(pairs) == 0 or lone.size < 3:
-        return none, none
-    rad = mean_radius(p)
-    i, j = pairs[:, 0], pairs[:, 1]
-    hit = np.hypot(*(p[i][:, [IU, IV]] - p[j][:, [IU, IV]]).T) < rad[i] + rad[j]
-    return np.setdiff1d(np.unique(pairs[hit].ravel()), np.flatnonzero(rescued)), lone
 
 
 def _init_radius(data: np.ndarray, wts: np.ndarray, crad: np.ndarray, r_lo: float,
@@ -340,10 +302,16 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     pairs = plaus[_close_pairs(p[plaus][:, [IU, IV]], 2.0 * setup.half + 1.0)]
     if len(pairs) and opts.deblend:
         inv = np.unique(pairs[:, 0])
-        p, r = _deblend(p, data0, pu, pv, setup, pairs, inv, opts.deblend, lambda q, d: irls(
-            q, d, inside[inv], pu[inv], pv[inv], 1, 4, init_linear=False,
-            box=(cuv[inv].astype(float), max(2.0, 0.5 * r_lo))))
-        model[inv], resid[inv], chi2r[inv] = r.model, r.resid, r.chi2_red
+        for _ in range(opts.deblend):
+            data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
+            r = irls(p[inv], data[inv], inside[inv], pu[inv], pv[inv], 1, 4,
+                     init_linear=False, box=(cuv[inv].astype(float), max(2.0, 0.5 * r_lo)))
+            moved = np.abs(r.params[:, :2] - p[inv, :2]).max()
+            p = p.copy()
+            p[inv] = r.params
+            model[inv], resid[inv], chi2r[inv] = r.model, r.resid, r.chi2_red
+            if moved < 1e-3:
+                break
         data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
     snr = peak_contrast(model, p, pu, pv) / np.sqrt(np.maximum(chi2r, 1e-300))
     rad = mean_radius(p)
@@ -424,18 +392,6 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     rescued = np.isfinite(rescue[:, 0])
     # neighbours among the accepted beads only (rejected candidates no longer subtract)
     pairs = _close_pairs(p[:, [IU, IV]], 2.0 * setup.half + 1.0)
-    held, lone = _held_shape(p, pairs, rescued) if opts.deblend else (np.zeros(0, np.intp),) * 2
-    if held.size:
-        # overlapping beads once more with the image's typical shape held: free, the ellipticity
-        # of each absorbs what its neighbour's subtracted model leaves, and the alternation
-        # settles with both pulled towards each other (two beads 1.6 radii apart: 0.86 px)
-        p = p.copy()
-        p[held, IE1] = np.median(p[lone, IE1])
-        p[held, IE2] = np.median(p[lone, IE2])
-        start = p[held][:, [IU, IV]].copy()
-        p, _ = _deblend(p, data0, pu, pv, setup, pairs, held, opts.deblend, lambda q, d: (
-            reweighted_fit(q, d, inside[held], pu[held], pv[held], setup, eps, 1, 4,
-                           fx + (IE1, IE2), init_linear=False, box=(start, max(2.0, 0.5 * r_lo)))))
     data = data0 - _neighbour_models(p, pu, pv, setup, pairs) if len(pairs) else data0
     # final pass: the sandwich covariance of each centre under the image's noise correlation
     # (detector blur), scaled by the bead's own reduced χ²
@@ -446,12 +402,6 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     rho, s_det = noise_correlation(work)
     r = fit(p, data, w, pu, pv, setup, iterations=max(4, opts.iterations // 2), rho=rho,
             init_linear=False, fixed=fx)
-    if held.size:   # (refitted with their shape held; they are few)
-        rh = fit(p[held], data[held], w[held], pu[held], pv[held], setup,
-                 iterations=max(4, opts.iterations // 2), rho=rho, init_linear=False,
-                 fixed=fx + (IE1, IE2))
-        for name in ("params", "cov_uv", "model", "resid", "chi2_red", "npix"):
-            getattr(r, name)[held] = getattr(rh, name)
     # structure next to the bead (implant or bone edge): flagged from the plain fit, then such
     # beads are refitted with a straight blurred step in their background
     near_edge, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)

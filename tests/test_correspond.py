@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import rsa.correspond
-import rsa.detect_stages
 from rsa.calibrate import calibrate_exam
 from rsa.correspond import correspond
 from rsa.detect import DetectOptions, detect_beads
@@ -116,12 +115,7 @@ SCREW_TIP_B = (1338.1, 1323.65)
 
 @pytest.fixture(scope="module")
 def screw_tip_exam():
-    # Since the final pass deblends overlapping beads with the image's typical shape held
-    # (rsa.detect_stages._held_shape), the detector no longer reports this rim; without that
-    # step it does, and that false detection is the realistic case this rule is for.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rsa.detect_stages, "_held_shape", lambda *a: (np.zeros(0, np.intp),) * 2)
-        return _exam(ODD_SEED, ODD_EXAM)
+    return _exam(ODD_SEED, ODD_EXAM)
 
 
 def test_screw_tip_detection_is_atypical(screw_tip_exam):
