@@ -29,6 +29,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
+from rsa.synthetic.raster import focal_sigma_px
 from rsa.synthetic.render import Capsule, display_scale, render_expected
 
 
@@ -39,14 +40,13 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
     ``opts`` are the render options of the noisy image (its noise model is used; the expected
     image is rendered with the same options and ``noise=False``); ``uv_px`` the exact projections
     of ``centres``; ``move`` (bool mask, default all) the spheres whose centres are unknown
-    (``which`` must be among them). Every
-    unknown sphere whose image reaches into a bead's window is a parameter of that window (its
-    own centre, and with ``nuisance`` its own contrast and radius): the bound of a bead whose
-    image overlaps another's is the block of the joint inverse, as no analysis knows where the
-    other sphere lies. Beads whose window (plus the detector-blur margin) leaves the image get
-    NaN, beads without information (singular Fisher matrix, e.g. behind metal) inf. With
-    ``nuisance`` returns the centre-only bound and the bound with contrast, radius, quadratic
-    background and implants unknown.
+    (``which`` must be among them). Every unknown sphere whose image reaches into a bead's window
+    is a parameter of that window (its own centre, and with ``nuisance`` its own contrast and
+    radius): the bound of a bead whose image overlaps another's is the block of the joint
+    inverse, as no analysis knows where the other sphere lies. Beads whose window (plus the
+    detector-blur margin) leaves the image get NaN, beads without information (singular Fisher
+    matrix, e.g. behind metal) inf. With ``nuisance`` returns the centre-only bound and the
+    bound with contrast, radius, quadratic background and implants unknown.
     """
     e_opts = replace(opts, noise=False)
     rows, cols = view.shape
@@ -61,11 +61,14 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
     d_mm = 0.002    # centre derivatives: ±δ mm along the detector axes
     duv = {ax: (view.project(centres + d_mm * vec) - view.project(centres - d_mm * vec)) / 2
            for ax, vec in (("u", view.u_axis), ("v", view.v_axis))}
-    # how far each sphere's image reaches (radius at its magnification + blur), and colours:
-    # spheres of one colour are so far apart that no window sees two of them, so moving a
-    # whole colour at once gives every sphere's own derivative in every window
+    # how far each sphere's image reaches (radius at its magnification + 4σ of the focal-spot
+    # and detector blur + 1 px), and colours: spheres of one colour are so far apart that no
+    # window sees two of them, so moving a whole colour at once gives every sphere's own
+    # derivative in every window
     px_per_mm = np.linalg.norm(duv["u"], axis=1) / d_mm
-    reach = radii * px_per_mm + 4 * opts.detector_blur_px + 3.0
+    blur = np.hypot(focal_sigma_px(view, centres, opts.focal_spot_mm).max(axis=-1),
+                    opts.detector_blur_px)
+    reach = radii * px_per_mm + 4 * blur + 1.0
     colour = _colours(uv_px, reach, half, mv)
     n_col = int(colour.max()) + 1 if mv.any() else 0
     J = []   # per colour: {"u", "v"[, "a", "r"]} derivative images
