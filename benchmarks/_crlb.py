@@ -140,12 +140,28 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
                       if np.abs(c).max() > 1e-6 * own]
             An = np.concatenate(parts, 1)
             Fn = An.T @ np.linalg.solve(C, An)
-        for res, Fk in ((out, F), (out_n, Fn if nuisance else F)):
-            try:
-                res[b] = np.sqrt(np.diag(np.linalg.inv(Fk))[:2])
-            except np.linalg.LinAlgError:   # no information (e.g. bead behind metal)
-                res[b] = np.inf
+        out[b] = _centre_bound(F)
+        out_n[b] = _centre_bound(Fn) if nuisance else out[b]
     return (out, out_n) if nuisance else out
+
+
+def _centre_bound(F):
+    """(σ_u, σ_v) of the first two parameters: the inverse of their Schur complement in the
+    Fisher matrix ``F`` (the centre block of F⁻¹), with the other parameters' block
+    pseudo-inverted (a direction of them the window cannot tell apart, e.g. a hidden
+    neighbour's contrast against its radius, is then held, as it carries nothing on the
+    centre), all on unit-diagonal scaling; inf where the centre has no information (e.g. a
+    bead behind metal)."""
+    d = np.sqrt(np.maximum(np.diag(F), 1e-300))
+    Fs = F / d[:, None] / d[None, :]
+    S = Fs[:2, :2]
+    if len(F) > 2:
+        S = S - Fs[:2, 2:] @ np.linalg.pinv(Fs[2:, 2:], rcond=1e-10, hermitian=True) @ Fs[2:, :2]
+    try:
+        var = np.diag(np.linalg.inv(S)) / d[:2] ** 2
+    except np.linalg.LinAlgError:
+        return np.full(2, np.inf)
+    return np.where(var > 0, np.sqrt(np.abs(var)), np.inf)
 
 
 def _colours(uv_px, reach, half, mv):
