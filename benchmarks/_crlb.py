@@ -33,20 +33,18 @@ from rsa.synthetic.raster import focal_sigma_px
 from rsa.synthetic.render import Capsule, display_scale, render_expected
 
 
-def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
-         nuisance=False):
+def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, nuisance=False):
     """Per-bead Cramér–Rao bound (σ_u, σ_v) in px for beads ``which`` (see module doc).
 
     ``opts`` are the render options of the noisy image (its noise model is used; the expected
     image is rendered with the same options and ``noise=False``); ``uv_px`` the exact projections
-    of ``centres``; ``move`` (bool mask, default all) the spheres whose centres are unknown
-    (``which`` must be among them). Every unknown sphere whose image reaches into a bead's window
-    is a parameter of that window (its own centre, and with ``nuisance`` its own contrast and
-    radius): the bound of a bead whose image overlaps another's is the block of the joint
-    inverse, as no analysis knows where the other sphere lies. Beads whose window (plus the
-    detector-blur margin) leaves the image get NaN, beads without information (singular Fisher
-    matrix, e.g. behind metal) inf. With ``nuisance`` returns the centre-only bound and the
-    bound with contrast, radius, quadratic background and implants unknown.
+    of ``centres``. Every sphere whose image reaches into a bead's window is a parameter of that
+    window (its own centre, and with ``nuisance`` its own contrast and radius): the bound of a
+    bead whose image overlaps another's is the block of the joint inverse, as no analysis knows
+    where the other sphere lies. Beads whose window (plus the detector-blur margin) leaves the
+    image get NaN, beads without information (singular Fisher matrix, e.g. behind metal) inf.
+    With ``nuisance`` returns the centre-only bound and the bound with contrast, radius,
+    quadratic background and implants unknown.
     """
     e_opts = replace(opts, noise=False)
     rows, cols = view.shape
@@ -55,9 +53,6 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
     uv_px = np.asarray(uv_px, float)
     base = render_expected(view, centres, radii, capsules=capsules, options=e_opts)
     k = display_scale(e_opts)[1]
-    mv = np.ones(len(centres), bool) if move is None else np.asarray(move, bool)
-    if np.any(np.asarray(which, bool) & ~mv):
-        raise ValueError("a bound is asked for a sphere whose centre is given as known")
     d_mm = 0.002    # centre derivatives: ±δ mm along the detector axes
     duv = {ax: (view.project(centres + d_mm * vec) - view.project(centres - d_mm * vec)) / 2
            for ax, vec in (("u", view.u_axis), ("v", view.v_axis))}
@@ -69,8 +64,8 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
     blur = np.hypot(focal_sigma_px(view, centres, opts.focal_spot_mm).max(axis=-1),
                     opts.detector_blur_px)
     reach = radii * px_per_mm + 4 * blur + 1.0
-    colour = _colours(uv_px, reach, half, mv)
-    n_col = int(colour.max()) + 1 if mv.any() else 0
+    colour = _colours(uv_px, reach, half)
+    n_col = int(colour.max()) + 1 if len(colour) else 0
     J = []   # per colour: {"u", "v"[, "a", "r"]} derivative images
     for c in range(n_col):
         mc = colour == c
@@ -118,7 +113,7 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, move=None,
         s = np.maximum(base.quanta[win].ravel(), 0.5)
         C = (k / s)[:, None] * cov_s * (k / s)[None, :] + np.eye(n * n) / 12.0
         # the bead itself first, then every other unknown sphere reaching into the window
-        near = mv & (np.max(np.abs(uv_px - uv_px[b]), axis=1) <= half + reach)
+        near = np.max(np.abs(uv_px - uv_px[b]), axis=1) <= half + reach
         near[b] = False
         centre_cols, extra = [], []
         for j in (b, *np.flatnonzero(near)):
@@ -164,12 +159,11 @@ def _centre_bound(F):
     return np.where(var > 0, np.sqrt(np.abs(var)), np.inf)
 
 
-def _colours(uv_px, reach, half, mv):
-    """Greedy colouring of the unknown spheres (``mv``): two spheres share a colour only when
-    no (2·half+1)² window around any sphere can see both images (−1 for known spheres)."""
+def _colours(uv_px, reach, half):
+    """Greedy colouring of the spheres: two share a colour only when no (2·half+1)² window
+    around any sphere can see both images."""
     colour = np.full(len(uv_px), -1)
-    idx = np.flatnonzero(mv)
-    for i in idx[np.argsort(-reach[idx])]:
+    for i in np.argsort(-reach):
         clash = np.max(np.abs(uv_px - uv_px[i]), axis=1) <= 2 * half + reach + reach[i] + 1
         taken = set(colour[clash & (colour >= 0)].tolist())
         colour[i] = next(c for c in range(len(taken) + 1) if c not in taken)

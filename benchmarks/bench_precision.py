@@ -128,8 +128,7 @@ def exam_crlb(scene, exam, opts):
         centres = np.concatenate([cage.xyz_mm[near], pat])
         radii = np.concatenate([cage.diameter_mm[near] / 2, pat_r])
         which = np.r_[np.zeros(near.sum(), bool), np.ones(len(pat), bool)]
-        b, bn = crlb(view, centres, radii, caps, opts, view.project(centres), which, move=None,
-                     nuisance=True)
+        b, bn = crlb(view, centres, radii, caps, opts, view.project(centres), which, nuisance=True)
         out[view.name], out_n[view.name] = b[which], bn[which]
     return out, out_n
 
