@@ -24,7 +24,8 @@ uncertainty estimates):
    the beads near the patient beads (all patient beads and the cage markers within 60 px) are
    rendered, which is exact in the 21×21 bound windows and 10× faster than the full scene;
    every sphere's centre is unknown, so a bead whose image overlaps another's (a bead or a cage
-   marker) has the bound of the joint estimate (at 2.6 px apart about 1.4× an isolated bead's);
+   marker) has the bound of the joint estimate (spine phantom: 1.4× the bound of both moved
+   together for two beads 1.6 radii apart, 1.6× at 0.65 radii);
 3. ``--mc`` draws: each bead's TRUE projection (``truth.json`` ``uv_px``) is perturbed by
    N(0, CRLB σ) independently per view and axis, back-projected through the TRUE view geometry
    (``projection_matrix`` of ``truth.json``) and triangulated (``rsa.triangulate.intersect_rays``);
