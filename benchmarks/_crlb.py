@@ -112,7 +112,7 @@ def crlb(view, centres, radii, capsules, opts, uv_px, which, half=10, nuisance=F
         cov_s = (G * Iq) @ G.T + opts.electronic_noise ** 2 * np.eye(n * n)
         s = np.maximum(base.quanta[win].ravel(), 0.5)
         C = (k / s)[:, None] * cov_s * (k / s)[None, :] + np.eye(n * n) / 12.0
-        # the bead itself first, then every other unknown sphere reaching into the window
+        # the bead itself first, then every other sphere reaching into the window
         near = np.max(np.abs(uv_px - uv_px[b]), axis=1) <= half + reach
         near[b] = False
         centre_cols, extra = [], []
