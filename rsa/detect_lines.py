@@ -199,29 +199,34 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
     eps = opts.read_noise_fraction
     cc = np.tanh(typ[ILC])
 
-    def pair_weights(qa, qb):
-        t = np.clip(1.0 - blocked(qa, pu, pv, setup) - blocked(qb, pu, pv, setup), 1e-6, 1.0)
-        return inside / (_rel_variance_t(t, cc, eps)
-                         * np.minimum(taper(qa, pu, pv), taper(qb, pu, pv)))
+    def pair_weights(qa, qb, rows):
+        u, v = pu[rows], pv[rows]
+        t = np.clip(1.0 - blocked(qa, u, v, setup) - blocked(qb, u, v, setup), 1e-6, 1.0)
+        return inside[rows] / (_rel_variance_t(t, cc, eps)
+                               * np.minimum(taper(qa, u, v), taper(qb, u, v)))
 
-    lines = (nrm, off, 1.0 / np.maximum(lsig, 1e-3) ** 2)
+    lw = 1.0 / np.maximum(lsig, 1e-3) ** 2
     npa = NPAR
     rho, _ = noise_correlation(work)
     infl = max(float(rho.sum()), 1.0)
     cu, cv = pu[:, setup.half], pv[:, setup.half]
     model1 = model_and_jacobian(one.params, pu, pv, cu, cv, setup, jac=False)[0]
 
-    def attempt(fixed, n_free):
+    def attempt(fixed, n_free, rows):
+        """The pair fit of the candidates ``rows`` with the parameters ``fixed`` held."""
+        n = len(rows)
+        d, u, v = data[rows], pu[rows], pv[rows]
+        lines = (nrm[rows], off[rows], lw[rows])
         best = None
         for shift in (0.0, 0.4 * r_typ, -0.4 * r_typ):
-            pa = np.repeat(typ[None], K, axis=0)
-            pa[:, IB0:] = one.params[:, IB0:]          # the one-bead fit's background
+            pa = np.repeat(typ[None], n, axis=0)
+            pa[:, IB0:] = one.params[rows, IB0:]       # the one-bead fit's background
             pa[:, IE1] = pa[:, IE2] = 0.0              # round
             pb = pa.copy()
-            pa[:, [IU, IV]] = foot[:, 0] + shift * along[:, 0]
-            pb[:, [IU, IV]] = foot[:, 1] - shift * along[:, 1]
+            pa[:, [IU, IV]] = foot[rows, 0] + shift * along[rows, 0]
+            pb[:, [IU, IV]] = foot[rows, 1] - shift * along[rows, 1]
             pa[:, IA] = pb[:, IA] = typ[IA]
-            a, b, cost, hinv = _fit_pair(pa, pb, data, pair_weights(pa, pb), pu, pv, setup,
+            a, b, cost, hinv = _fit_pair(pa, pb, d, pair_weights(pa, pb, rows), u, v, setup,
                                          fixed, max(4, opts.iterations // 3), lines=lines)
             if best is None:
                 best = (a, b, cost, hinv)
@@ -230,14 +235,14 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
                 best = tuple(np.where(better.reshape(-1, *([1] * (x.ndim - 1))), y, x)
                              for x, y in zip(best, (a, b, cost, hinv), strict=True))
         a, b, _, _ = best
-        wts = pair_weights(a, b)
-        a, b, cost, hinv = _fit_pair(a, b, data, wts, pu, pv, setup, fixed, opts.iterations,
+        wts = pair_weights(a, b, rows)
+        a, b, cost, hinv = _fit_pair(a, b, d, wts, u, v, setup, fixed, opts.iterations,
                                      lines=lines)
-        cost1 = np.einsum("nij,nij->n", wts, (data - model1) ** 2)
+        cost1 = np.einsum("nij,nij->n", wts, (d - model1[rows]) ** 2)
         cab = np.stack([a[:, [IU, IV]], b[:, [IU, IV]]], 1)
-        res = off - np.einsum("kbi,kbi->kb", nrm, cab)
+        res = lines[1] - np.einsum("kbi,kbi->kb", lines[0], cab)
         pen = np.sum(lines[2] * res * res, axis=1)
-        npix = (wts > 0).reshape(K, -1).sum(1)
+        npix = (wts > 0).reshape(n, -1).sum(1)
         red = (cost - pen) / np.maximum(npix - n_free, 1)
         amp = np.stack([a[:, IA], b[:, IA]], 1) / typ[IA]
         gain = (cost1 - (cost - pen)) / np.maximum(red * infl, 1e-300)
@@ -246,20 +251,21 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
               & np.all(np.abs(res) * np.sqrt(lines[2]) <= 3.0, axis=1)
               & (np.linalg.norm(cab[:, 0] - cab[:, 1], axis=1) >= MIN_SEPARATION * r_typ))
         cov = hinv * (red * infl)[:, None, None]
-        var = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None).reshape(K, 2, 2)
+        var = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None).reshape(n, 2, 2)
         sig = np.sqrt(var + opts.model_error_px ** 2 + (PAIR_MODEL_ERROR * r_typ) ** 2)
         return cab, sig, ok, amp, gain
 
     # free: background 6; per bead centre 2, radius, amplitude
     fixed = (IE1, IE2, ILS, ILK, ILC, npa + 3, npa + 4, npa + 5)
-    cab, sig, ok, amp, gain = attempt(fixed, 14)
-    if beads.log_display and not ok.all():
+    cab, sig, ok, amp, gain = attempt(fixed, 14, np.arange(K))
+    redo = np.flatnonzero(~ok)
+    if beads.log_display and redo.size:
         # In a log display the amplitude is the display gain, the same for every bead. Free,
         # it trades off against the radius: two heavily overlapping beads can grow to the
         # radius bound at half the amplitude and fail the amplitude test. Those not kept are
         # fitted once more with it held at the typical bead's.
-        alt = attempt(fixed + (IA, npa + 6), 12)
-        take = ~ok & alt[2]
-        cab, sig, ok, amp, gain = (np.where(take.reshape(-1, *([1] * (x.ndim - 1))), y, x)
-                                   for x, y in zip((cab, sig, ok, amp, gain), alt, strict=True))
+        alt = attempt(fixed + (IA, npa + 6), 12, redo)
+        take = alt[2]
+        for x, y in zip((cab, sig, ok, amp, gain), alt, strict=True):
+            x[redo[take]] = y[take]
     return LineSplit(cab, sig, ok, amp, gain)
