@@ -14,7 +14,9 @@ over pixels or beads; loops only over the 2–3 filter scales and over fitting p
    Levenberg–Marquardt fit of a blurred, Beer–Lambert-attenuated projected-sphere model (centre,
    radius, ellipticity, blur, amplitude, quadratic background) in a window around every
    candidate; the model is point-symmetric about the centre by construction, so it is unbiased
-   and cannot lock to the pixel grid. Touching beads are separated by deblending. The final pass
+   and cannot lock to the pixel grid. Touching beads are separated by deblending, and beads
+   whose discs overlap are refitted last jointly with their neighbour (two beads, the image's
+   typical shape: :mod:`rsa.detect_overlap`). The final pass
    is weighted by the transmission-dependent quantum noise and its covariance accounts for the
    noise correlation (detector blur); the centre uncertainty ``sigma_px`` is calibrated against
    simulation truth (tests/test_detect.py). A bead on or next to an implant or cortical-bone
@@ -113,7 +115,8 @@ class DetectOptions:
         Refit with a pooled Poisson + electronic variance model (closer to the Cramér–Rao bound
         and better calibrated ``sigma_px``).
     deblend : int
-        Rounds of subtracting neighbours' models from each bead's window.
+        Rounds of subtracting neighbours' models from each bead's window; 0 switches
+        deblending off, and with it the joint refit of overlapping beads.
     max_beads : int
         At most this many beads (highest score) are returned.
     model_error_px : float
@@ -283,11 +286,12 @@ def detect_beads(image: ArrayLike, *, pixel_spacing_mm: ArrayLike,
     -------
     Beads2D
         One row per bead, sorted by decreasing ``score``. Flags: ``touching`` (another bead's
-        blurred shadow overlaps; its model was subtracted before the fit — the pair is
-        separated, never averaged), ``near_edge`` (implant or bone edge next to the bead: strong
-        background change across it, direction-dependent misfit around it, or a background that
-        needed the straight-step term), ``occluded``
-        (misfit on the bead's disc, or a distorted shape, e.g. partly behind an implant),
+        blurred shadow overlaps; its model was subtracted before the fit, or, where the discs
+        overlap, the pair was fitted jointly — the pair is separated, never averaged),
+        ``near_edge`` (implant or bone edge next to the bead: strong background change across
+        it, direction-dependent misfit around it, or a background that needed the straight-step
+        term), ``occluded`` (misfit on the bead's disc, or a distorted shape, e.g. partly behind
+        an implant),
         ``clipped`` (the disc crosses the image border). ``flags`` is their union.
 
     Raises

@@ -28,7 +28,11 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    with a blurred straight step in the background, kept where χ² drops by more than noise
    could; beads with misfit on their disc away from structure are tried as two overlapping
    beads (joint fit, same kind of test) — both in :mod:`rsa.detect_refits`;
-8. quality flags.
+8. last, after every decision: each bead whose disc overlaps a neighbour's is refitted jointly
+   with it, both with the image's typical shape (:func:`rsa.detect_overlap.pair_refit`; the
+   alternating deblending of step 4 leaves such pairs pulled together); only their own rows
+   change, the image-wide statistics (pooled variance, median ring χ²) stay those of step 6;
+9. quality flags.
 
 Weights are symmetric about the current centre (functions of the bead model), so they cannot
 bias the centre — except for the rescued beads of step 5, whose weights also follow the
@@ -44,6 +48,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from rsa.detect_candidates import _close_pairs
+from rsa.detect_overlap import neighbour_models, pair_refit
 from rsa.detect_refine import (
     IA,
     IE1,
@@ -68,7 +73,6 @@ from rsa.detect_refine import (
 )
 from rsa.detect_refits import (
     background_gradient,
-    bead_model,
     blocked,
     edge_refit,
     edge_rescue,
@@ -123,17 +127,6 @@ def _shifted_rescue(q: np.ndarray, centres: np.ndarray, *args) -> tuple[np.ndarr
     """:func:`_rescue` from starts moved off the candidates (a separate name, so that a test
     can switch the second attempt off)."""
     return _rescue(q, centres, *args)
-
-
-def _neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
-                      pairs: np.ndarray) -> np.ndarray:
-    """Sum of bead models of neighbours j (no background) on the windows of beads i."""
-    out = np.zeros((len(p), pu.shape[1], pv.shape[1]))
-    if len(pairs) == 0:
-        return out
-    i, j = pairs[:, 0], pairs[:, 1]
-    np.add.at(out, i, bead_model(p[j], pu[i], pv[i], setup))
-    return out
 
 
 def _init_radius(data: np.ndarray, wts: np.ndarray, crad: np.ndarray, r_lo: float,
@@ -303,7 +296,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     if len(pairs) and opts.deblend:
         inv = np.unique(pairs[:, 0])
         for _ in range(opts.deblend):
-            data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
+            data = data0 - neighbour_models(p, pu, pv, setup, pairs)
             r = irls(p[inv], data[inv], inside[inv], pu[inv], pv[inv], 1, 4,
                      init_linear=False, box=(cuv[inv].astype(float), max(2.0, 0.5 * r_lo)))
             moved = np.abs(r.params[:, :2] - p[inv, :2]).max()
@@ -312,7 +305,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
             model[inv], resid[inv], chi2r[inv] = r.model, r.resid, r.chi2_red
             if moved < 1e-3:
                 break
-        data = data0 - _neighbour_models(p, pu, pv, setup, pairs)
+        data = data0 - neighbour_models(p, pu, pv, setup, pairs)
     snr = peak_contrast(model, p, pu, pv) / np.sqrt(np.maximum(chi2r, 1e-300))
     rad = mean_radius(p)
     drift = np.hypot(p[:, IU] - cuv[:, 0], p[:, IV] - cuv[:, 1])
@@ -392,7 +385,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     rescued = np.isfinite(rescue[:, 0])
     # neighbours among the accepted beads only (rejected candidates no longer subtract)
     pairs = _close_pairs(p[:, [IU, IV]], 2.0 * setup.half + 1.0)
-    data = data0 - _neighbour_models(p, pu, pv, setup, pairs) if len(pairs) else data0
+    data = data0 - neighbour_models(p, pu, pv, setup, pairs) if len(pairs) else data0
     # final pass: the sandwich covariance of each centre under the image's noise correlation
     # (detector blur), scaled by the bead's own reduced χ²
     # data-driven variance(transmission) from the residuals, then the final weighted fit
@@ -445,7 +438,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     if parent.size:
         n0 = len(cround)
         rows = np.concatenate([np.arange(n0), parent])
-        pu, pv, inside, cround = pu[rows], pv[rows], inside[rows], cround[rows]
+        pu, pv, inside, cround, data0 = pu[rows], pv[rows], inside[rows], cround[rows], data0[rows]
         near_edge, distorted, t = near_edge[rows], distorted[rows], t[rows]
         rescued = rescued[rows]   # never split: a rescued bead is next to an edge
         split = np.zeros(len(rows), bool)
@@ -454,6 +447,23 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         t[split] = 1.0 - blocked(r.params[split], pu[split], pv[split], setup)
         distorted = np.where(split, np.hypot(r.params[:, IE1], r.params[:, IE2])
                              > opts.max_ellipticity, distorted)
+    else:
+        split = np.zeros(len(cround), bool)
+    _, chi2, chi2_ring = structure(r, inside, w, pu, pv, setup, opts)
+    ring_typical = np.median(chi2_ring)
+    if opts.deblend:
+        # last, the overlapping beads once more with the image's typical shape held (see
+        # rsa.detect_overlap); only their own rows change, every decision above stands
+        held, e, w_e = pair_refit(
+            r, data0, inside, pu, pv, setup, (knots, rel), rho, fx,
+            ~rescued & ~split, max(2.0, 0.5 * r_lo))
+        if held.size:
+            for name in ("params", "cov_uv", "model", "resid", "chi2_red"):
+                getattr(r, name)[held] = getattr(e, name)
+            w[held] = w_e
+            t[held] = 1.0 - blocked(e.params, pu[held], pv[held], setup)
+            _, chi2[held], chi2_ring[held] = structure(e, inside[held], w_e, pu[held], pv[held],
+                                                       setup, opts)
     p, cov = r.params, r.cov_uv
     uv = p[:, [IU, IV]].copy()
     if np.tanh(p[0, ILC]) > 0.5:
@@ -468,7 +478,6 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
             p[:, IA] != 0, p[:, IA], np.inf)[:, None]
         uv -= s_det ** 2 * grad
     noise = np.sqrt(r.chi2_red)   # background pixel noise (relative variance 1 there)
-    _, chi2, chi2_ring = structure(r, inside, w, pu, pv, setup, opts)
     rad = mean_radius(p)
     contrast = peak_contrast(r.model, p, pu, pv) * scale
     # SNR in the transmission domain (independent of the display): blocked fraction at the
@@ -479,7 +488,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # uncertainty (Birge ratio of the ring around the bead relative to the typical bead)
     # and so does misfit on the bead's own disc (a merged or partly hidden bead): Birge ratio of
     # the disc relative to the window
-    birge = np.maximum.reduce([np.ones(len(p)), chi2_ring / np.median(chi2_ring), chi2])
+    birge = np.maximum.reduce([np.ones(len(p)), chi2_ring / ring_typical, chi2])
     sig = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None) * birge[:, None]
                   + opts.model_error_px ** 2)
     # a rescued bead's model leaves out how the implant edge is imaged: the detector blur (σ_d,
