@@ -43,22 +43,11 @@ def neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSe
     return out
 
 
-def overlapping(p: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """(N,) bool: the bead's disc overlaps a neighbour's (centres closer than the sum of the
-    mean radii) among the ordered index ``pairs``."""
-    out = np.zeros(len(p), bool)
-    if len(pairs):
-        rad = mean_radius(p)
-        i, j = pairs[:, 0], pairs[:, 1]
-        hit = np.hypot(*(p[i][:, [IU, IV]] - p[j][:, [IU, IV]]).T) < rad[i] + rad[j]
-        out[pairs[hit].ravel()] = True
-    return out
-
-
 def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarray,
                pv: np.ndarray, setup: FitSetup, variance: tuple[np.ndarray, np.ndarray],
                rho: np.ndarray, fixed: tuple[int, ...], eligible: np.ndarray,
-               max_move: float) -> tuple[np.ndarray, FitResult | None, np.ndarray]:
+               max_move: float, iterations: int
+               ) -> tuple[np.ndarray, FitResult | None, np.ndarray]:
     """Refit each overlapping bead jointly with its neighbour, the image's typical shape held.
 
     Each bead whose disc overlaps another's is fitted in its own window as two beads sharing
@@ -82,11 +71,12 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
         bead with an edge step keeps it (free) in the joint fit.
     max_move : a refit is kept only when the bead's centre moves less than this (px), with
         finite parameters and a positive amplitude.
+    iterations : Levenberg–Marquardt iterations of the joint fit.
 
     Returns
     -------
-    rows : indices of the refitted beads (empty when none overlap, or fewer than three plain
-        beads without neighbours give the shape).
+    rows : indices of the refitted beads (empty when none overlap, or fewer than three
+        eligible beads without neighbours and without an edge step give the shape).
     fit : their fit (the joint model's residuals, bead A's model), or None.
     weights : (len(rows), W, W) the pixel weights of that fit.
     """
@@ -111,7 +101,7 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
     partner = cand[first, 1]
     shape = np.median(p[lone][:, [IE1, IE2]], axis=0)
     out = [_joint(r, data0, inside, pu, pv, setup, variance, rho, fixed, shape, pairs,
-                  rows[m], partner[m], npar, max_move)
+                  rows[m], partner[m], npar, max_move, iterations)
            for npar, m in ((NPAR, ~stepped[rows]), (p.shape[1], stepped[rows])) if m.any()]
     out = [o for o in out if o[0].size]
     if not out:
@@ -126,7 +116,7 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
 def _joint(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarray, pv: np.ndarray,
            setup: FitSetup, variance: tuple[np.ndarray, np.ndarray], rho: np.ndarray,
            fixed: tuple[int, ...], shape: np.ndarray, pairs: np.ndarray, rows: np.ndarray,
-           partner: np.ndarray, npar: int, max_move: float
+           partner: np.ndarray, npar: int, max_move: float, iterations: int
            ) -> tuple[np.ndarray, FitResult | None, np.ndarray]:
     """:func:`pair_refit` for beads ``rows`` with their ``partner`` beads, bead A's first
     ``npar`` parameters free (with the edge step when ``npar`` > ``NPAR``)."""
@@ -144,7 +134,7 @@ def _joint(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarray, 
     knots, rel = variance
     w = ins / (np.interp(t, knots, rel) * np.minimum(taper(pa, u_, v_), taper(pb, u_, v_)))
     held = fixed + (IE1, IE2, npar + _BEAD.index(IE1), npar + _BEAD.index(IE2))
-    a, b, cost, hinv = _fit_pair(pa, pb, data, w, u_, v_, setup, held, iterations=12)
+    a, b, cost, hinv = _fit_pair(pa, pb, data, w, u_, v_, setup, held, iterations)
     ok = (np.isfinite(a).all(1) & np.isfinite(b).all(1) & np.isfinite(cost) & (a[:, IA] > 0)
           & (np.hypot(*(a[:, [IU, IV]] - p[rows][:, [IU, IV]]).T) < max_move))
     if not ok.any():

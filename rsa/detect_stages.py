@@ -452,18 +452,18 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     _, chi2, chi2_ring = structure(r, inside, w, pu, pv, setup, opts)
     ring_typical = np.median(chi2_ring)
     if opts.deblend:
-        # last, the overlapping beads once more with the image's typical shape held (see
-        # rsa.detect_overlap); only their own rows change, every decision above stands
-        held, e, w_e = pair_refit(
+        # last, each overlapping bead jointly with its neighbour, the image's typical shape
+        # held (rsa.detect_overlap); only their own rows change, every decision above stands
+        joint, e, w_e = pair_refit(
             r, data0, inside, pu, pv, setup, (knots, rel), rho, fx,
-            ~rescued & ~split, max(2.0, 0.5 * r_lo))
-        if held.size:
+            ~rescued & ~split, max(2.0, 0.5 * r_lo), opts.iterations)
+        if joint.size:
             for name in ("params", "cov_uv", "model", "resid", "chi2_red"):
-                getattr(r, name)[held] = getattr(e, name)
-            w[held] = w_e
-            t[held] = 1.0 - blocked(e.params, pu[held], pv[held], setup)
-            _, chi2[held], chi2_ring[held] = structure(e, inside[held], w_e, pu[held], pv[held],
-                                                       setup, opts)
+                getattr(r, name)[joint] = getattr(e, name)
+            w[joint] = w_e
+            t[joint] = 1.0 - blocked(e.params, pu[joint], pv[joint], setup)
+            _, chi2[joint], chi2_ring[joint] = structure(e, inside[joint], w_e, pu[joint],
+                                                         pv[joint], setup, opts)
     p, cov = r.params, r.cov_uv
     uv = p[:, [IU, IV]].copy()
     if np.tanh(p[0, ILC]) > 0.5:
