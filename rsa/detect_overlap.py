@@ -66,9 +66,10 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
     rho : the image's noise correlation (detector blur); its variance inflation scales the
         joint covariance, as for split beads.
     fixed : parameters the final fit holds; the ellipticity of both beads is held as well.
-    eligible : (N,) bool, beads that may be refitted or be a partner (not rescued, not
-        split); those without neighbours and without an edge step give the typical shape. A
-        bead with an edge step keeps it (free) in the joint fit.
+    eligible : (N,) bool, beads that may be refitted or be a partner (not rescued); those
+        without neighbours and without an edge step give the typical shape. A bead with an
+        edge step keeps it (free) in the joint fit. The two beads of a split
+        (:func:`rsa.detect_refits.split_merged`, shape free) are refitted here as well.
     max_move : a refit is kept only when the bead's centre moves less than this (px), with
         finite parameters and a positive amplitude.
     iterations : Levenberg–Marquardt iterations of the joint fit.

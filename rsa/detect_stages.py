@@ -28,10 +28,12 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    with a blurred straight step in the background, kept where χ² drops by more than noise
    could; beads with misfit on their disc away from structure are tried as two overlapping
    beads (joint fit, same kind of test) — both in :mod:`rsa.detect_refits`;
-8. last, after every decision: each bead whose disc overlaps a neighbour's is refitted jointly
-   with it, both with the image's typical shape (:func:`rsa.detect_overlap.pair_refit`; the
-   alternating deblending of step 4 leaves such pairs pulled together); only their own rows
-   change, the image-wide statistics (pooled variance, median ring χ²) stay those of step 6;
+8. last, after every decision: each bead whose disc overlaps a neighbour's (split beads
+   included) is refitted jointly with it, both with the image's typical shape
+   (:func:`rsa.detect_overlap.pair_refit`; the alternating deblending of step 4 leaves such
+   pairs pulled together, and the split's free-shape fit leaves 0.1–0.5 px along the pair's
+   axis); only their own rows change, the image-wide statistics (pooled variance, median ring
+   χ²) stay those of step 6;
 9. quality flags.
 
 Weights are symmetric about the current centre (functions of the bead model), so they cannot
@@ -456,7 +458,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         # held (rsa.detect_overlap); only their own rows change, every decision above stands
         joint, e, w_e = pair_refit(
             r, data0, inside, pu, pv, setup, (knots, rel), rho, fx,
-            ~rescued & ~split, max(2.0, 0.5 * r_lo), opts.iterations)
+            ~rescued, max(2.0, 0.5 * r_lo), opts.iterations)
         if joint.size:
             for name in ("params", "cov_uv", "model", "resid", "chi2_red"):
                 getattr(r, name)[joint] = getattr(e, name)

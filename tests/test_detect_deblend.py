@@ -23,12 +23,12 @@ seed  RMS free / joint px   max free / joint px   beyond
 1     0.456 / 0.189         1.312 / 0.866         5 / 0
 2     0.301 / 0.039         0.739 / 0.090         5 / 0
 3     0.253 / 0.223         0.667 / 0.667         2 / 0
-4     0.458 / 0.031         1.969 / 0.069         3 / 0
+4     0.458 / 0.032         1.969 / 0.069         3 / 0
 5     0.421 / 0.265         1.854 / 1.230         5 / 0
 ====  ====================  ====================  ==============
 
-Pooled over seeds 0–5 (131 pair beads): median 0.071 → 0.027 px, 75th percentile 0.246 →
-0.045 px. The isolated beads are bit-identical: the refit changes only the overlapping beads'
+Pooled over seeds 0–5 (131 pair beads): median 0.071 → 0.028 px, 75th percentile 0.246 →
+0.044 px. The isolated beads are bit-identical: the refit changes only the overlapping beads'
 own rows. The remaining large errors (up to 1.2 px) are within 4σ of the joint fit's
 covariance: the pair's centres are strongly correlated along its axis.
 """
