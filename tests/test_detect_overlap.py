@@ -32,7 +32,7 @@ separation  with the split                       without it (``split_merged`` a 
 RMS error of the eight split beads 0.056 px (largest 0.10 px, ≤ 0.9 × the reported σ per
 axis); controls 0.004–0.04 px (≤ 0.4 × max(4σ, 0.05 px)). 14 detections with the split, 10
 without. The split's own fit (shape free) leaves a systematic error of 0.1–0.5 px along the
-pair's axis that does not shrink with the dose (seed 0: 0.06–0.33 px, RMS 0.21 px): each
+pair's axis that does not shrink with the dose (seed 0: 0.06–0.33 px, RMS 0.19 px): each
 bead's ellipticity takes up part of the other. The split beads' centres are therefore those
 of the joint refit with the image's typical shape held that every pair of overlapping beads
 gets last (``rsa.detect_overlap.pair_refit``).
