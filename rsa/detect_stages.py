@@ -449,8 +449,6 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         t[split] = 1.0 - blocked(r.params[split], pu[split], pv[split], setup)
         distorted = np.where(split, np.hypot(r.params[:, IE1], r.params[:, IE2])
                              > opts.max_ellipticity, distorted)
-    else:
-        split = np.zeros(len(cround), bool)
     _, chi2, chi2_ring = structure(r, inside, w, pu, pv, setup, opts)
     ring_typical = np.median(chi2_ring)
     if opts.deblend:
