@@ -1,12 +1,14 @@
-"""Overlapping beads in :mod:`rsa.detect`: the neighbours' models and the held-shape refit.
+"""Overlapping beads in :mod:`rsa.detect`: the neighbours' models and the joint refit.
 
 Internal module (inputs validated by :func:`rsa.detect.detect_beads`). Each bead is fitted in
 its own window with its neighbours' bead models subtracted (deblending). With the ellipticity
 free, a bead whose disc overlaps another's absorbs in its shape what the neighbour's
 subtracted model leaves, and the alternation settles with both centres pulled towards each
-other (two 1.0 mm beads 1.6 radii apart: 0.86 px, 78× the Cramér–Rao bound). Beads of one
-image share one shape (the focal spot and the detector blur, the same at every bead), so
-:func:`held_shape_refit` fits such beads last with the shape of the beads without neighbours.
+other (two 1.0 mm beads 1.6 radii apart: 0.86 px, 78× the Cramér–Rao bound); holding the shape
+while alternating lets the pair oscillate instead. Beads of one image share one shape (the
+focal spot and the detector blur, the same at every bead), so :func:`pair_refit` fits each
+such bead last jointly with its neighbour, both with the shape of the beads without
+neighbours (tests/test_detect_deblend.py, tests/test_detect_overlap.py).
 
 It runs after every decision of the fitting stage and changes only the overlapping beads'
 own rows: no image-wide statistic (pooled pixel variance, median χ²) is taken from its fits.
