@@ -437,6 +437,8 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     misfitted); medians over the ``typical`` beads (default all). The pixel weights are those of the
     pair (transmission of both beads, taper around either). The centres' covariance is the
     joint one, scaled by the reduced χ² and the noise correlation's variance inflation.
+    This fit decides the split; the centres reported are those of the joint refit with the
+    image's typical shape held that comes last (:func:`rsa.detect_overlap.pair_refit`).
 
     Returns the fits with the first bead of each split pair in place of the merged fit and the
     second ones appended, the parent row of every appended bead, and the weights of all rows.
