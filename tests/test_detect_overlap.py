@@ -29,7 +29,7 @@ separation  with the split                       without it (``split_merged`` a 
 1.2         split, 0.04 / 0.02 px (σ ≤ 0.20)     one detection, 1.72 / 3.23 px (σ 0.08)
 ==========  ===================================  ==========================================
 
-RMS error of the eight split beads 0.056 px (largest 0.10 px, ≤ 0.9 × the reported σ per
+RMS error of the eight split beads 0.053 px (largest 0.10 px, ≤ 0.9 × the reported σ per
 axis); controls 0.004–0.04 px (≤ 0.4 × max(4σ, 0.05 px)). 14 detections with the split, 10
 without. The split's own fit (shape free) leaves a systematic error of 0.1–0.5 px along the
 pair's axis that does not shrink with the dose (seed 0: 0.06–0.33 px, RMS 0.19 px): each
@@ -209,7 +209,7 @@ def test_split_beads_within_their_uncertainty(overlap_scene):
 
 
 def test_split_beads_rms(overlap_scene):
-    # within the noise-derived bound (module doc): measured 0.056 px over the eight beads
+    # within the noise-derived bound (module doc): measured 0.053 px over the eight beads
     rv, _, _, beads, _ = overlap_scene
     rows = np.flatnonzero(np.repeat(SPLIT, 2))
     _, _, err = _errors(beads, rv.uv_px[rows])
