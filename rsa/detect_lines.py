@@ -54,7 +54,7 @@ from rsa.detect_refine import (
     model_and_jacobian,
     noise_correlation,
 )
-from rsa.detect_refits import _fit_pair, blocked, taper
+from rsa.detect_refits import _fit_pair, pair_weights
 from rsa.detect_stages import _rel_variance_t, _windows, reweighted_fit
 from rsa.errors import InputError
 
@@ -199,11 +199,9 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
     eps = opts.read_noise_fraction
     cc = np.tanh(typ[ILC])
 
-    def pair_weights(qa, qb, rows):
-        u, v = pu[rows], pv[rows]
-        t = np.clip(1.0 - blocked(qa, u, v, setup) - blocked(qb, u, v, setup), 1e-6, 1.0)
-        return inside[rows] / (_rel_variance_t(t, cc, eps)
-                               * np.minimum(taper(qa, u, v), taper(qb, u, v)))
+    def weights(qa, qb, rows):
+        return pair_weights(qa, qb, inside[rows], pu[rows], pv[rows], setup,
+                            lambda t: _rel_variance_t(t, cc, eps))
 
     lw = 1.0 / np.maximum(lsig, 1e-3) ** 2
     npa = NPAR
@@ -226,7 +224,7 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
             pa[:, [IU, IV]] = foot[rows, 0] + shift * along[rows, 0]
             pb[:, [IU, IV]] = foot[rows, 1] - shift * along[rows, 1]
             pa[:, IA] = pb[:, IA] = typ[IA]
-            a, b, cost, hinv = _fit_pair(pa, pb, d, pair_weights(pa, pb, rows), u, v, setup,
+            a, b, cost, hinv = _fit_pair(pa, pb, d, weights(pa, pb, rows), u, v, setup,
                                          fixed, max(4, opts.iterations // 3), lines=lines)
             if best is None:
                 best = (a, b, cost, hinv)
@@ -235,7 +233,7 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
                 best = tuple(np.where(better.reshape(-1, *([1] * (x.ndim - 1))), y, x)
                              for x, y in zip(best, (a, b, cost, hinv), strict=True))
         a, b, _, _ = best
-        wts = pair_weights(a, b, rows)
+        wts = weights(a, b, rows)
         a, b, cost, hinv = _fit_pair(a, b, d, wts, u, v, setup, fixed, opts.iterations,
                                      lines=lines)
         cost1 = np.einsum("nij,nij->n", wts, (d - model1[rows]) ** 2)

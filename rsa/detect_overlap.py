@@ -31,7 +31,7 @@ from rsa.detect_refine import (
     FitSetup,
     model_and_jacobian,
 )
-from rsa.detect_refits import _BEAD, _fit_pair, bead_model, blocked, mean_radius, taper
+from rsa.detect_refits import _BEAD, _fit_pair, bead_model, mean_radius, pair_weights
 
 
 def neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
@@ -92,7 +92,8 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
         return none
     # a fitted radius can sit at its lower bound with the blur taking up the rest (the
     # blur–radius trade-off): the typical radius of the beads without neighbours counts too
-    rad = np.maximum(mean_radius(p), np.median(mean_radius(p[lone])))
+    rad = mean_radius(p)
+    rad = np.maximum(rad, np.median(rad[lone]))
     i, j = pairs[:, 0], pairs[:, 1]
     gap = np.hypot(*(p[i][:, [IU, IV]] - p[j][:, [IU, IV]]).T)
     hit = (gap < rad[i] + rad[j]) & eligible[i] & eligible[j]
@@ -124,18 +125,16 @@ def _joint(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarray, 
     """:func:`pair_refit` for beads ``rows`` with their ``partner`` beads, bead A's first
     ``npar`` parameters free (with the edge step when ``npar`` > ``NPAR``)."""
     p = r.params
+    # the rows' windows without their further neighbours (all but the partner)
     others = pairs[np.isin(pairs[:, 0], rows)]
-    at = np.searchsorted(rows, others[:, 0])
-    keep = others[:, 1] != partner[at]
-    data = data0[rows].copy()
+    others = others[others[:, 1] != partner[np.searchsorted(rows, others[:, 0])]]
+    data = data0[rows] - neighbour_models(p, pu, pv, setup, others)[rows]
     ins, u_, v_ = inside[rows], pu[rows], pv[rows]
-    np.add.at(data, at[keep], -bead_model(p[others[keep, 1]], u_[at[keep]], v_[at[keep]], setup))
     pa, pb = p[rows, :npar].copy(), p[partner, :NPAR].copy()
     pa[:, [IE1, IE2]] = shape
     pb[:, [IE1, IE2]] = shape
-    t = np.clip(1.0 - blocked(pa, u_, v_, setup) - blocked(pb, u_, v_, setup), 1e-6, 1.0)
     knots, rel = variance
-    w = ins / (np.interp(t, knots, rel) * np.minimum(taper(pa, u_, v_), taper(pb, u_, v_)))
+    w = pair_weights(pa, pb, ins, u_, v_, setup, lambda t: np.interp(t, knots, rel))
     held = fixed + (IE1, IE2, npar + _BEAD.index(IE1), npar + _BEAD.index(IE2))
     a, b, cost, hinv = _fit_pair(pa, pb, data, w, u_, v_, setup, held, iterations)
     ok = (np.isfinite(a).all(1) & np.isfinite(b).all(1) & np.isfinite(cost) & (a[:, IA] > 0)

@@ -319,6 +319,16 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
 _BEAD = (IU, IV, IR, IE1, IE2, ILS, IA)   # parameters of the second bead of a split pair
 
 
+def pair_weights(qa: np.ndarray, qb: np.ndarray, inside: np.ndarray, pu: np.ndarray,
+                 pv: np.ndarray, setup: FitSetup,
+                 variance: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Pixel weights (N, W, W) of two beads ``qa``, ``qb`` sharing a window: the relative
+    variance ``variance(t)`` at the transmission t both leave, inflated beyond the rim of
+    either (the smaller of their tapers)."""
+    t = np.clip(1.0 - blocked(qa, pu, pv, setup) - blocked(qb, pu, pv, setup), 1e-6, 1.0)
+    return inside / (variance(t) * np.minimum(taper(qa, pu, pv), taper(qb, pu, pv)))
+
+
 def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
                 setup: FitSetup, jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Model of bead A with its background plus bead B (no background), and the Jacobian in
@@ -458,10 +468,8 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     ang = 0.5 * np.arctan2(e2, e1) + 0.5 * np.pi     # long axis of Q = [[1+e1, e2], [e2, 1−e1]]
     axis = np.column_stack([np.cos(ang), np.sin(ang)])
 
-    def pair_weights(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
-        t = np.clip(1.0 - blocked(qa, u_, v_, setup) - blocked(qb, u_, v_, setup), 1e-6, 1.0)
-        return ins / (np.interp(t, knots, rel) * np.minimum(taper(qa, u_, v_),
-                                                            taper(qb, u_, v_)))
+    def weights(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
+        return pair_weights(qa, qb, ins, u_, v_, setup, lambda t: np.interp(t, knots, rel))
 
     # short fits from two separations, the better one refitted with its own pair weights
     best = None
@@ -472,7 +480,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
             q[:, IR] = r_typ
             q[:, IE1] = q[:, IE2] = 0.0
             q[:, IA] = a_typ
-        pa, pb, cost, _ = _fit_pair(pa, pb, dat, pair_weights(pa, pb), u_, v_, setup, fixed,
+        pa, pb, cost, _ = _fit_pair(pa, pb, dat, weights(pa, pb), u_, v_, setup, fixed,
                                     max(4, iterations // 2))
         if best is None:
             best = (pa, pb, cost)
@@ -480,7 +488,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
             better = (np.nan_to_num(cost, nan=np.inf) < best[2])[:, None]
             best = (np.where(better, pa, best[0]), np.where(better, pb, best[1]),
                     np.where(better[:, 0], cost, best[2]))
-    wts = pair_weights(best[0], best[1])
+    wts = weights(best[0], best[1])
     pa, pb, cost, hinv = _fit_pair(best[0], best[1], dat, wts, u_, v_, setup, fixed, iterations)
     cost1 = np.einsum("nij,nij->n", wts, (dat - r.model[idx]) ** 2)
     red = cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1)      # pair's reduced χ²
