@@ -12,6 +12,7 @@ parameters; a rescue fit must pass the detector's SNR test with a typical amplit
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -199,7 +200,7 @@ def _edge_start(p: np.ndarray, model: np.ndarray, data: np.ndarray, inside: np.n
 def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
                flagged: np.ndarray, fixed: tuple[int, ...], iterations: int,
-               skip: np.ndarray | None = None) -> FitResult:
+               skip: np.ndarray | None = None, box_px: float = np.inf) -> FitResult:
     """Refit beads with a straight blurred step in their background where the data ask for it.
 
     An implant or cortical-bone edge under or next to a bead is not a quadratic; fitted as one
@@ -209,8 +210,12 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     reduced χ² times the noise correlation's variance inflation. Candidates for the (costly)
     non-linear refit are the ``flagged`` beads and every bead whose misfit already drops by a
     quarter of that with the step at its start position and only the linear parameters solved
-    (a cheap, liberal screen); never the ``skip`` beads. Returns the fits of all beads in the
-    edge layout (no step: amplitude 0).
+    (a cheap, liberal screen); never the ``skip`` beads. Each centre stays within ``box_px``
+    (per axis) of the plain fit's: with a strong curved edge in the window (a screw head) the
+    step fit can otherwise leave the window, the "bead" then modelling the edge (uniplanar spine
+    phantom seed 1, M06 view A: L5-05's fit moved 45 px with amplitude 373 against the plain
+    fit's 0.15, a false detection; tests/test_detect_screw_head.py).
+    Returns the fits of all beads in the edge layout (no step: amplitude 0).
     """
     n = len(r.params)
     p = np.zeros((n, NPAR_EDGE))
@@ -230,7 +235,7 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     idx = np.flatnonzero((flagged | screen) & (r.params[:, IA] > 0))
     if idx.size:
         e = fit(q[idx], data[idx], w[idx], pu[idx], pv[idx], setup, iterations=iterations,
-                rho=rho, fixed=fixed)
+                rho=rho, fixed=fixed, box=(r.params[idx][:, [IU, IV]], box_px))
         cost1 = e.chi2_red * np.maximum(e.npix - NPAR_EDGE, 1)
         gain = (cost0[idx] - cost1) / (np.maximum(e.chi2_red, 1e-300) * infl)
         ok = (gain > _EDGE_CHI2) & (e.params[:, IA] > 0) & np.isfinite(e.params).all(1)
@@ -427,6 +432,25 @@ def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
 _SPLIT_CHI2 = 24.32
 
 
+def window_noise(data: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Noise level of each window from its data alone, (N,), in arbitrary but common units.
+
+    Robust variance (MAD²) of the 4-neighbour Laplacian over the window's pixels: the Laplacian
+    removes the smooth background and most of a bead, the median ignores edges. Ratios of a
+    fit's reduced χ² to this compare misfit between windows whose noise differs (in a log
+    display it grows with the attenuation behind the bead).
+    """
+    lap = (data[:, :-2, 1:-1] + data[:, 2:, 1:-1] + data[:, 1:-1, :-2] + data[:, 1:-1, 2:]
+           - 4.0 * data[:, 1:-1, 1:-1])
+    ok = (inside[:, :-2, 1:-1] > 0) & (inside[:, 2:, 1:-1] > 0) & (inside[:, 1:-1, :-2] > 0) & (
+        inside[:, 1:-1, 2:] > 0) & (inside[:, 1:-1, 1:-1] > 0)
+    x = np.where(ok, lap, np.nan).reshape(len(data), -1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # a window with no pixel: NaN
+        mad = np.nanmedian(np.abs(x - np.nanmedian(x, axis=1, keepdims=True)), axis=1)
+    return np.nan_to_num((1.4826 * mad) ** 2, nan=np.inf)
+
+
 def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
                  pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
                  sel: np.ndarray, fixed: tuple[int, ...], iterations: int,
@@ -444,7 +468,10 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     amplitude is the display gain, the same for every bead), each passes the detector's SNR
     test, and the pair's reduced χ² is within ``max_chi2`` of the image's median bead fit
     (misfitted structure, e.g. a screw tip, also gains from a second "bead" but stays
-    misfitted); medians over the ``typical`` beads (default all). The pixel weights are those of the
+    misfitted), each reduced χ² taken relative to its own window's noise level
+    (:func:`window_noise`: the noise differs across the image, and a pair behind dense anatomy
+    compared in absolute terms would fail by its noise, not its misfit); medians over the
+    ``typical`` beads (default all). The pixel weights are those of the
     pair (transmission of both beads, taper around either). The centres' covariance is the
     joint one, scaled by the reduced χ² and the noise correlation's variance inflation.
     This fit decides the split; the centres reported are those of the joint refit with the
@@ -505,7 +532,8 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
           & (np.hypot(*(pa[:, [IU, IV]] - pb[:, [IU, IV]]).T) >= 0.5 * r_typ)
           # and the pair must explain its window as well as a typical bead fit explains its
           # own (structure such as a screw tip also drops χ² when split, but stays misfitted)
-          & (red <= max_chi2 * float(np.median(r.chi2_red[typ])))
+          & (red / window_noise(dat, ins)
+             <= max_chi2 * float(np.median(r.chi2_red[typ] / window_noise(data[typ], inside[typ]))))
           & (pa[:, IA] > 0.5 * a_typ) & (pa[:, IA] < 2.0 * a_typ)
           & (pb[:, IA] > 0.5 * a_typ) & (pb[:, IA] < 2.0 * a_typ))
     if not ok.any():

@@ -398,10 +398,11 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     r = fit(p, data, w, pu, pv, setup, iterations=max(4, opts.iterations // 2), rho=rho,
             init_linear=False, fixed=fx)
     # structure next to the bead (implant or bone edge): flagged from the plain fit, then such
-    # beads are refitted with a straight blurred step in their background
+    # beads are refitted with a straight blurred step in their background, each centre kept
+    # within its window (a curved edge, e.g. a screw head, can pull a step fit out of it)
     near_edge, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
     r = edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations,
-                   rescued)
+                   rescued, box_px=float(setup.half))
     if rescued.any():
         # the rescued beads' own fit (step, noise behind the implant), with the covariance
         i = np.flatnonzero(rescued)
