@@ -430,7 +430,8 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
     pose = None
     # Beads labelled beyond the distance tolerance (within the wider label gate) moved relative
     # to their segment: excluded before screening, with the distance as the reason.
-    displaced, dist = _displaced(model, xyz, thresholds["label_tol_mm"])
+    displaced, dist = _displaced(model, xyz, thresholds["label_tol_mm"],
+                                 bead_w if sigma_mm is not None else None)
     for e, j in zip(*np.nonzero(displaced), strict=True):
         reasons[e] = (*reasons[e], f"{seg.bead_ids[j]}: {dist[e, j]:.2f} mm from the position "
                       f"given by the segment's other beads (> tolerance "
@@ -515,34 +516,57 @@ def _mask_motion(motion: Motion, valid: np.ndarray) -> Motion:
                    mtpm_index=idx)
 
 
-def _displaced(model: np.ndarray, xyz: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+# χ²(3 dof) exceeded with probability 0.001: a bead's offset from its predicted place
+_DISPLACED_CHI2 = 16.27
+
+
+def _displaced(model: np.ndarray, xyz: np.ndarray, tol: float,
+               bead_w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Beads farther than `tol` from where the segment's other beads place them.
 
     Leave-one-out, batched over exams and beads: each bead's position is predicted by the rigid
     fit of the remaining beads; the worst bead beyond `tol` is excluded and the test repeats
-    (at most M − 4 rounds; needs ≥ 4 beads so that 3 remain for the prediction). Returns the
-    (E, M) exclusion mask and the leave-one-out distances (mm) at exclusion time.
+    (at most M − 4 rounds; needs ≥ 4 beads so that 3 remain for the prediction). With
+    ``bead_w`` (E, M), the inverse per-axis error variances of the beads' displacements, the
+    fits are weighted by them and a bead's offset counts only when it is also significant:
+    beyond χ²₃ at p = 0.001 in units of its own variance plus that of the prediction
+    (:func:`rsa.rigid.pose_point_sigma`). Otherwise one poorly measured bead (e.g. a bead
+    fitted next to a screw head with σ 0.37 mm) tilts the unweighted prediction of a
+    well-measured one beyond `tol` and gets it excluded. The worst bead is still the one with
+    the largest offset, not the largest normalised one: a loose bead among the predicting beads
+    shifts the others' predictions, and those can be tighter than its own. Returns the (E, M)
+    exclusion mask and the leave-one-out distances (mm) at exclusion time.
     """
     E, M = xyz.shape[:2]
     keep = np.isfinite(xyz[..., 0]) & np.isfinite(model[None, :, 0])
     out = np.zeros((E, M), dtype=bool)
     dist_at = np.zeros((E, M))
     others = ~np.eye(M, dtype=bool)
+    mod0 = np.where(np.isfinite(model), model, 0.0)
+    weighted = bead_w is not None
+    bw = np.where(np.isfinite(bead_w), bead_w, 0.0) if weighted else np.ones((E, M))
     for _ in range(max(M - 4, 0)):
         active = keep.sum(axis=1) >= 4
         if not active.any():
             break
-        w = (keep[active][:, None, :] & others[None]).astype(float)  # (E', M, M)
+        loo = keep[active][:, None, :] & others[None]                 # (E', M, M)
+        w = np.where(loo, bw[active][:, None, :], 0.0)
         y = np.where(keep[active][..., None], xyz[active], 0.0)
         try:
-            fit = fit_rigid(np.where(np.isfinite(model), model, 0.0)[None, None],
-                            np.broadcast_to(y[:, None], (len(y), M, M, 3)), weights=w)
+            fit = fit_rigid(mod0[None, None], np.broadcast_to(y[:, None], (len(y), M, M, 3)),
+                            weights=w)
         except EstimationError:  # a degenerate leave-one-out subset: no screening here
             break
-        pred = np.einsum("emij,mj->emi", fit.rotation, np.nan_to_num(model)) + fit.translation
+        pred = np.einsum("emij,mj->emi", fit.rotation, mod0) + fit.translation
         d = np.where(keep[active], np.linalg.norm(pred - xyz[active], axis=-1), 0.0)
-        worst = d.argmax(axis=1)
-        hit = d[np.arange(len(worst)), worst] > tol
+        hit = d > tol
+        if weighted:
+            var = np.where(loo, 1.0 / np.maximum(w, 1e-300), np.nan)
+            x = np.where(loo[..., None], mod0, np.nan)
+            s_pred = pose_point_sigma(x, var, mod0[:, None, :])[..., 0]      # (E', M)
+            hit &= d ** 2 > _DISPLACED_CHI2 * (s_pred ** 2 + 1.0 / np.maximum(bw[active], 1e-300))
+        worst = np.where(hit, d, -np.inf).argmax(axis=1)
+        hit = hit[np.arange(len(worst)), worst]
         if not hit.any():
             break
         rows = np.flatnonzero(active)[hit]

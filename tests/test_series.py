@@ -367,3 +367,61 @@ def test_point_wanted_by_two_missed_beads_goes_to_the_nearer(scene):
     assert not done[q]
     np.testing.assert_allclose(s.segments["bone"].model_xyz_mm[p],
                                s0.segments["bone"].reference_xyz_mm[p], atol=0.05)
+
+
+def _lever_subject(rng):
+    """Bone (6 beads) and an implant of 5 beads, I1, I2, I4 on one line: the rotation about that
+    line is fixed by I3 (2 mm off it) alone once I0 (20 mm off it) is left out."""
+    bone = _beads(rng, 6, np.array([0.0, -30.0, 300.0]))
+    implant = np.array([[10.0, 0.0, 20.0], [0.0, 0.0, 0.0], [20.0, 0.0, 0.0], [10.0, 2.0, 0.0],
+                        [30.0, 0.0, 0.0]])
+    implant = implant + [0.0, 20.0, 300.0]
+    segs = (SegmentSpec("bone", "bone", tuple(f"B{k}" for k in range(6)), bone.round(1), 1.5),
+            SegmentSpec("implant", "implant", tuple(f"I{k}" for k in range(5)), implant.round(1),
+                        1.5))
+    exams = (ExamSpec("REF", dt.date(2026, 1, 1), "reference", ()),
+             ExamSpec("F1", dt.date(2026, 4, 1), "follow-up", ()))
+    return SubjectSpec("S1", segs, exams), bone, implant
+
+
+def test_uncertain_bead_does_not_get_a_good_one_excluded():
+    # F1's I3 is measured 0.35 mm off (beyond label_tol_mm 0.3) with σ 0.3 mm, e.g. a bead
+    # fitted next to a screw head. Left out in turn, I0's place predicted from the others tilts
+    # about the I1–I2–I4 line by 0.35/2 rad: 3.5 mm. Unweighted, that gets the good I0 excluded and
+    # the implant fitted on three beads whose rotation I3's error sets. Weighted, that
+    # prediction's own uncertainty (σ of I3 over the same lever) says the offset is not
+    # significant: all five beads are fitted, I3 with weight (0.01/0.3)².
+    rng = np.random.default_rng(11)
+    subject, bone, implant = _lever_subject(rng)
+    place = _T(Rotation.from_euler("xyz", [5.0, -3.0, 8.0], degrees=True).as_matrix(),
+               [1.0, -2.0, 0.5])
+    true_t = np.array([0.05, -0.10, 0.0])
+    ref = np.vstack([bone, implant])
+    f1 = np.vstack([_apply(place, bone), _apply(place, implant + true_t)])
+    points = [p + rng.normal(scale=SIGMA, size=p.shape) for p in (ref, f1)]
+    points[1][9] += place[:3, :3] @ [0.0, 0.0, 0.35]          # I3, across the I1–I2–I3 plane
+    sigma = [np.full(11, SIGMA), np.full(11, SIGMA)]
+    sigma[1][9] = 0.3
+    spec = MotionSpec("implant", "bone")
+    plain = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS)
+    assert plain.segments["implant"].excluded[1, 0]         # the hostile case, unweighted
+    s = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS, sigma_mm=sigma)
+    assert not s.segments["implant"].excluded[1].any()
+    mo = s.motions["implant/bone"]
+    # translation SD at the centroid ≈ σ·sqrt(1/4 + 1/6) ≈ 0.007 mm (+ rotation × lever);
+    # rotation SD about the line ≈ σ / 20 mm rad ≈ 0.03°: bounds of > 4σ
+    np.testing.assert_allclose(mo.translation_mm[1], true_t, atol=0.03)
+    np.testing.assert_allclose(mo.rotation_deg[1], 0.0, atol=0.15)
+
+
+def test_displaced_bead_excluded_with_uncertainties():
+    # a bead 1.3 mm off with σ 0.01 mm is displaced whether or not σ is known
+    rng = np.random.default_rng(12)
+    subject, bone, implant = _lever_subject(rng)
+    ref = np.vstack([bone, implant])
+    f1 = ref.copy()
+    f1[6] += [1.3, 0.0, 0.0]                                    # I0 loosened
+    points = [p + rng.normal(scale=SIGMA, size=p.shape) for p in (ref, f1)]
+    s = analyse_subject(subject, points, [MotionSpec("implant", "bone")], DEFAULT_THRESHOLDS,
+                        sigma_mm=[np.full(11, SIGMA)] * 2)
+    assert s.segments["implant"].excluded[1].tolist() == [True, False, False, False, False]
