@@ -5,7 +5,7 @@ detection there that a one-bead model explains nearly as well as two (a slightly
 elongated bead); the other view shows both. The correspondence stage (:mod:`rsa.correspond`,
 :mod:`rsa.epipolar`) finds such places from the geometry. This module fits the place's window
 with two beads sharing its background, each centre held to its epipolar line with the line's
-uncertainty (a penalty in the joint fit, :func:`rsa.detect_refits._fit_pair`); their blur and
+uncertainty (a penalty in the joint fit, :func:`rsa.detect_refits.fit_pair`); their blur and
 (round) shape are the image's typical ones, their radii and amplitudes free.
 
 The pair is kept when
@@ -54,7 +54,7 @@ from rsa.detect_refine import (
     model_and_jacobian,
     noise_correlation,
 )
-from rsa.detect_refits import _fit_pair, pair_weights
+from rsa.detect_refits import fit_pair, pair_weights
 from rsa.detect_stages import _rel_variance_t, _windows, reweighted_fit
 from rsa.errors import InputError
 
@@ -224,7 +224,7 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
             pa[:, [IU, IV]] = foot[rows, 0] + shift * along[rows, 0]
             pb[:, [IU, IV]] = foot[rows, 1] - shift * along[rows, 1]
             pa[:, IA] = pb[:, IA] = typ[IA]
-            a, b, cost, hinv = _fit_pair(pa, pb, d, weights(pa, pb, rows), u, v, setup,
+            a, b, cost, hinv = fit_pair(pa, pb, d, weights(pa, pb, rows), u, v, setup,
                                          fixed, max(4, opts.iterations // 3), lines=lines)
             if best is None:
                 best = (a, b, cost, hinv)
@@ -234,7 +234,7 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
                              for x, y in zip(best, (a, b, cost, hinv), strict=True))
         a, b, _, _ = best
         wts = weights(a, b, rows)
-        a, b, cost, hinv = _fit_pair(a, b, d, wts, u, v, setup, fixed, opts.iterations,
+        a, b, cost, hinv = fit_pair(a, b, d, wts, u, v, setup, fixed, opts.iterations,
                                      lines=lines)
         cost1 = np.einsum("nij,nij->n", wts, (d - model1[rows]) ** 2)
         cab = np.stack([a[:, [IU, IV]], b[:, [IU, IV]]], 1)

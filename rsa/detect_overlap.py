@@ -31,7 +31,7 @@ from rsa.detect_refine import (
     FitSetup,
     model_and_jacobian,
 )
-from rsa.detect_refits import _BEAD, _fit_pair, bead_model, mean_radius, pair_weights
+from rsa.detect_refits import PAIR_BEAD, bead_model, fit_pair, mean_radius, pair_weights
 
 
 def neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
@@ -53,7 +53,7 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
     """Refit each overlapping bead jointly with its neighbour, the image's typical shape held.
 
     Each bead whose disc overlaps another's is fitted in its own window as two beads sharing
-    the window's background (:func:`rsa.detect_refits._fit_pair`): itself and the closest
+    the window's background (:func:`rsa.detect_refits.fit_pair`): itself and the closest
     neighbour it overlaps, both with the ellipticity of the beads without neighbours; any
     further neighbours' models are subtracted. Fitted jointly, neither bead can take the
     other's misfit, and no alternation is needed (alternating, the pair's anti-symmetric motion
@@ -135,8 +135,8 @@ def _joint(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarray, 
     pb[:, [IE1, IE2]] = shape
     knots, rel = variance
     w = pair_weights(pa, pb, ins, u_, v_, setup, lambda t: np.interp(t, knots, rel))
-    held = fixed + (IE1, IE2, npar + _BEAD.index(IE1), npar + _BEAD.index(IE2))
-    a, b, cost, hinv = _fit_pair(pa, pb, data, w, u_, v_, setup, held, iterations)
+    held = fixed + (IE1, IE2, npar + PAIR_BEAD.index(IE1), npar + PAIR_BEAD.index(IE2))
+    a, b, cost, hinv = fit_pair(pa, pb, data, w, u_, v_, setup, held, iterations)
     ok = (np.isfinite(a).all(1) & np.isfinite(b).all(1) & np.isfinite(cost) & (a[:, IA] > 0)
           & (np.hypot(*(a[:, [IU, IV]] - p[rows][:, [IU, IV]]).T) < max_move))
     if not ok.any():
@@ -144,7 +144,7 @@ def _joint(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarray, 
     rows, a, b, cost, hinv, w = rows[ok], a[ok], b[ok], cost[ok], hinv[ok], w[ok]
     data, u_, v_ = data[ok], u_[ok], v_[ok]
     npix = (w > 0).sum(axis=(1, 2))
-    red = cost / np.maximum(npix - npar - len(_BEAD), 1)
+    red = cost / np.maximum(npix - npar - len(PAIR_BEAD), 1)
     infl = max(float(rho.sum()), 1.0)
     model = model_and_jacobian(a, u_, v_, u_[:, setup.half], v_[:, setup.half], setup,
                                jac=False)[0]

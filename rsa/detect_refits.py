@@ -321,7 +321,7 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
     return r, w
 
 
-_BEAD = (IU, IV, IR, IE1, IE2, ILS, IA)   # parameters of the second bead of a split pair
+PAIR_BEAD = (IU, IV, IR, IE1, IE2, ILS, IA)   # parameters of the second bead of a split pair
 
 
 def pair_weights(qa: np.ndarray, qb: np.ndarray, inside: np.ndarray, pu: np.ndarray,
@@ -337,7 +337,7 @@ def pair_weights(qa: np.ndarray, qb: np.ndarray, inside: np.ndarray, pu: np.ndar
 def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
                 setup: FitSetup, jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Model of bead A with its background plus bead B (no background), and the Jacobian in
-    [all of A's parameters, B's bead parameters :data:`_BEAD`], (N, P + 7, W, W)."""
+    [all of A's parameters, B's bead parameters :data:`PAIR_BEAD`], (N, P + 7, W, W)."""
     cu, cv = pu[:, setup.half], pv[:, setup.half]
     ma, ja = model_and_jacobian(pa, pu, pv, cu, cv, setup, jac=jac)
     q = pb.copy()
@@ -346,10 +346,10 @@ def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
     mb, jb = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=jac)
     if not jac:
         return ma + mb, None
-    return ma + mb, np.concatenate([ja, jb[:, list(_BEAD)]], axis=1)
+    return ma + mb, np.concatenate([ja, jb[:, list(PAIR_BEAD)]], axis=1)
 
 
-def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
+def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
               pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
               iterations: int, lines: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -363,7 +363,7 @@ def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
     inverse normal matrix of the two centres (uA, vA, uB, vB), unscaled.
     """
     npa = pa.shape[1]
-    n, k = len(pa), npa + len(_BEAD)
+    n, k = len(pa), npa + len(PAIR_BEAD)
     free = np.ones(k, bool)
     free[list(fixed)] = False
     cols = np.array([[IU, IV], [npa, npa + 1]])          # centre columns of A and B in theta
@@ -387,10 +387,10 @@ def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
     def split(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = _clip(theta[:, :npa].copy(), setup)
         b = theta[:, :npa].copy()
-        b[:, list(_BEAD)] = theta[:, npa:]
+        b[:, list(PAIR_BEAD)] = theta[:, npa:]
         return a, _clip(b, setup)
 
-    theta = np.concatenate([pa, pb[:, list(_BEAD)]], axis=1)
+    theta = np.concatenate([pa, pb[:, list(PAIR_BEAD)]], axis=1)
     m, J = _pair_model(*split(theta), pu, pv, setup, True)
     J[:, ~free] = 0.0
     r = data - m
@@ -411,7 +411,7 @@ def _fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
         mt, Jt = _pair_model(a, b, pu, pv, setup, True)
         Jt[:, ~free] = 0.0
         rt = data - mt
-        tt = np.concatenate([a, b[:, list(_BEAD)]], axis=1)
+        tt = np.concatenate([a, b[:, list(PAIR_BEAD)]], axis=1)
         pct, pgt, pHt = penalty(tt)
         ct = np.einsum("nij,nij->n", wts, rt * rt) + pct
         ok = ct <= cost
@@ -461,7 +461,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     Beads whose centres lie within about a radius of each other leave one candidate; one bead
     fitted to both sits between them (pixels off) with an elongated shape and misfit on its
     disc. For the beads ``sel`` two beads sharing the window's background are fitted jointly
-    (:func:`_fit_pair`), started on the long axis of the fitted ellipse at several separations.
+    (:func:`fit_pair`), started on the long axis of the fitted ellipse at several separations.
     The pair is kept when the misfit drops by more than noise could (χ²₇ at p = 0.001, in units
     of the pair's reduced χ² times the noise correlation's variance inflation) and both
     amplitudes are those of a bead in this image (within 2× of the median: in a log display the
@@ -507,7 +507,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
             q[:, IR] = r_typ
             q[:, IE1] = q[:, IE2] = 0.0
             q[:, IA] = a_typ
-        pa, pb, cost, _ = _fit_pair(pa, pb, dat, weights(pa, pb), u_, v_, setup, fixed,
+        pa, pb, cost, _ = fit_pair(pa, pb, dat, weights(pa, pb), u_, v_, setup, fixed,
                                     max(4, iterations // 2))
         if best is None:
             best = (pa, pb, cost)
@@ -516,7 +516,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
             best = (np.where(better, pa, best[0]), np.where(better, pb, best[1]),
                     np.where(better[:, 0], cost, best[2]))
     wts = weights(best[0], best[1])
-    pa, pb, cost, hinv = _fit_pair(best[0], best[1], dat, wts, u_, v_, setup, fixed, iterations)
+    pa, pb, cost, hinv = fit_pair(best[0], best[1], dat, wts, u_, v_, setup, fixed, iterations)
     cost1 = np.einsum("nij,nij->n", wts, (dat - r.model[idx]) ** 2)
     red = cost / np.maximum(r.npix[idx] - p0.shape[1] - 7, 1)      # pair's reduced χ²
     gain = (cost1 - cost) / np.maximum(red * infl, 1e-300)
