@@ -56,10 +56,11 @@ from scipy.special import ndtr
 IU, IV, IR, IE1, IE2, ILS, ILK, ILC, IA, IB0, IBU, IBV, IBUU, IBUV, IBVV = range(15)
 NPAR = 15
 LINEAR = (IA, IB0, IBU, IBV, IBUU, IBUV, IBVV)
-# optional straight-edge term of the background (a bead on an implant or bone edge):
-# amplitude (linear), normal angle, offset along the normal from the window centre, log width
-IEA, IET, IED, IEW = range(NPAR, NPAR + 4)
-NPAR_EDGE = NPAR + 4
+# optional edge term of the background (a bead on an implant or bone edge): amplitude
+# (linear), normal angle, offset along the normal from the window centre, log width and
+# curvature (1/px; held at its start value, 0 = a straight edge, unless a fit frees it)
+IEA, IET, IED, IEW, IEK = range(NPAR, NPAR + 5)
+NPAR_EDGE = NPAR + 5
 
 
 def linear_params(npar: int) -> tuple[int, ...]:
@@ -176,17 +177,32 @@ _QS = 0.01   # scale of the quadratic background terms (keeps JᵀJ balanced)
 
 
 def edge_profile(p: np.ndarray, du: np.ndarray, dv: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Unit blurred step Φ(z) of the edge term, z = (n·x − d)/w, n = (cos θ, sin θ).
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """Unit blurred step Φ(z) of the edge term, z = s/w, s the signed distance from the edge.
 
-    ``du``, ``dv`` broadcast to (N, W, W); returns Φ, φ(z)/w (= dΦ/d(n·x)), z and the
-    coordinate along the edge n⊥·x (for the derivatives).
+    The edge is a circle of curvature κ (a screw head, a cup rim; κ = 0: a straight line)
+    through the point d·n, n = (cos θ, sin θ), with normal n there. With a = n·x − d and
+    t = n⊥·x (x from the window centre), D = √((1 + κa)² + (κt)²),
+    s = (2a + κ(a² + t²)) / (1 + D), regular at κ = 0 (s = a). ``du``, ``dv`` broadcast to
+    (N, W, W); returns Φ, φ(z)/w (= dΦ/ds), z and the derivatives of s with respect to θ, d,
+    κ, u and v.
     """
     th = p[:, IET, None, None]
     c, s = np.cos(th), np.sin(th)
     w = np.exp(p[:, IEW])[:, None, None]
-    z = (c * du + s * dv - p[:, IED, None, None]) / w
-    return ndtr(z), np.exp(-0.5 * z * z) / (_SQRT2PI * w), z, c * dv - s * du
+    d, k = p[:, IED, None, None], p[:, IEK, None, None]
+    t = c * dv - s * du
+    a = c * du + s * dv - d
+    r2 = a * a + t * t
+    num = 2.0 * a + k * r2
+    D = np.sqrt(np.maximum((1.0 + k * a) ** 2 + (k * t) ** 2, 1e-12))
+    dist = num / (1.0 + D)
+    z = dist / w
+    ga, gt = (1.0 + k * a) / D, k * t / D          # ∂s/∂a, ∂s/∂t: the unit normal at x
+    s_k = (r2 * (1.0 + D) - num * (a + k * r2) / D) / (1.0 + D) ** 2
+    # ∂a/∂θ = t, ∂t/∂θ = −(a + d); ∂a/∂d = −1
+    ds = (t * (1.0 - k * d) / D, -ga, s_k, ga * c - gt * s, ga * s + gt * c)
+    return ndtr(z), np.exp(-0.5 * z * z) / (_SQRT2PI * w), z, ds
 
 
 def background(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
@@ -270,12 +286,13 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     J[:, IBUV] = du * dv * _QS
     J[:, IBVV] = np.broadcast_to(dv * dv, model.shape) * _QS
     if p.shape[1] > NPAR:
-        Phi, phi_w, z, along = edge
+        Phi, phi_w, z, (s_t, s_d, s_k, _, _) = edge
         sphi = p[:, IEA, None, None] * phi_w
         J[:, IEA] = Phi
-        J[:, IET] = sphi * along
-        J[:, IED] = -sphi
+        J[:, IET] = sphi * s_t
+        J[:, IED] = sphi * s_d
         J[:, IEW] = -sphi * z * np.exp(p[:, IEW])[:, None, None]     # ∂z/∂log w = −z
+        J[:, IEK] = sphi * s_k
     return model, J
 
 
@@ -291,6 +308,8 @@ def _clip(p: np.ndarray, setup: FitSetup) -> np.ndarray:
     if p.shape[1] > NPAR:
         p[:, IEW] = np.clip(p[:, IEW], np.log(setup.edge_w_lo), np.log(setup.edge_w_hi))
         p[:, IED] = np.clip(p[:, IED], -setup.half - 1.0, setup.half + 1.0)
+        # radius of curvature at least the window's half width
+        p[:, IEK] = np.clip(p[:, IEK], -1.0 / setup.half, 1.0 / setup.half)
     return p
 
 
@@ -332,7 +351,7 @@ def linear_init(p: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray
 def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: np.ndarray,
         setup: FitSetup, *, iterations: int = 12, rho: np.ndarray | None = None,
         init_linear: bool = True, fixed: tuple[int, ...] = (),
-        box: tuple[np.ndarray, float] | None = None) -> FitResult:
+        box: tuple[np.ndarray, float] | None = None, curved: bool = False) -> FitResult:
     """Levenberg–Marquardt fit of all beads at once.
 
     Parameters
@@ -347,10 +366,14 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
     fixed : tuple of parameter indices held at their start values.
     box : ((N, 2) centres, half width) or None
         Keep each bead centre inside this box (a trust region while neighbours overlap).
+    curved : bool
+        Fit the edge term's curvature too; otherwise it is held at its start value.
     """
     npar = p0.shape[1]
     free = np.ones(npar, bool)
     free[list(fixed)] = False
+    if npar > NPAR and not curved:
+        free[IEK] = False
     n = len(p0)
     cu = pu[:, setup.half].astype(float)
     cv = pv[:, setup.half].astype(float)

@@ -30,6 +30,7 @@ from rsa.detect_refine import (
     IE2,
     IEA,
     IED,
+    IEK,
     IET,
     IEW,
     ILC,
@@ -95,9 +96,10 @@ def background_gradient(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: Fi
     gv = p[:, IBV, None, None] + _QS * (p[:, IBUV, None, None] * du
                                         + 2.0 * p[:, IBVV, None, None] * dv)
     if p.shape[1] > NPAR:
-        dF = p[:, IEA, None, None] * edge_profile(p, du, dv)[1]
-        gu = gu + dF * np.cos(p[:, IET])[:, None, None]
-        gv = gv + dF * np.sin(p[:, IET])[:, None, None]
+        _, phi_w, _, (_, _, _, s_u, s_v) = edge_profile(p, du, dv)
+        dF = p[:, IEA, None, None] * phi_w
+        gu = gu + dF * s_u
+        gv = gv + dF * s_v
     bv, bu = np.gradient(blocked(p, pu, pv, setup), axis=(1, 2))
     wt = bu * bu + bv * bv
     tot = np.maximum(wt.sum(axis=(1, 2)), 1e-300)
@@ -164,6 +166,10 @@ def structure(r: FitResult, inside: np.ndarray, w: np.ndarray, pu: np.ndarray,
 # χ²(4 dof) exceeded with probability 0.001: a straight edge is kept only when its four
 # parameters explain that much more of the window than noise could
 _EDGE_CHI2 = 18.47
+# χ²(1 dof) exceeded with probability 0.001: the edge's curvature, likewise
+_CURVE_CHI2 = 10.83
+# χ²(5 dof) exceeded with probability 0.001: a curved edge (step and curvature) against none
+_CURVED_EDGE_CHI2 = 20.52
 
 
 def _edge_start(p: np.ndarray, model: np.ndarray, data: np.ndarray, inside: np.ndarray,
@@ -214,7 +220,12 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     (per axis) of the plain fit's: with a strong curved edge in the window (a screw head) the
     step fit can otherwise leave the window, the "bead" then modelling the edge (uniplanar spine
     phantom seed 1, M06 view A: L5-05's fit moved 45 px with amplitude 373 against the plain
-    fit's 0.15, a false detection; tests/test_detect_screw_head.py).
+    fit's 0.15, a false detection; tests/test_detect_screw_head.py). The edge is then let
+    curve (:func:`rsa.detect_refine.edge_profile`, a circle): kept over the straight step
+    where that lowers the misfit by more than noise could (χ²₁ at p = 0.001, same units), or
+    over no step where the curved step passes the test that the straight one failed (χ²₅): a
+    straight step fitted to a curved edge (a screw head, a cup rim) leaves misfit that pulls
+    the bead.
     Returns the fits of all beads in the edge layout (no step: amplitude 0).
     """
     n = len(r.params)
@@ -234,16 +245,61 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
         flagged = flagged & ~skip
     idx = np.flatnonzero((flagged | screen) & (r.params[:, IA] > 0))
     if idx.size:
+        box = (r.params[idx][:, [IU, IV]], box_px)
         e = fit(q[idx], data[idx], w[idx], pu[idx], pv[idx], setup, iterations=iterations,
-                rho=rho, fixed=fixed, box=(r.params[idx][:, [IU, IV]], box_px))
+                rho=rho, fixed=fixed, box=box)
         cost1 = e.chi2_red * np.maximum(e.npix - NPAR_EDGE, 1)
         gain = (cost0[idx] - cost1) / (np.maximum(e.chi2_red, 1e-300) * infl)
         ok = (gain > _EDGE_CHI2) & (e.params[:, IA] > 0) & np.isfinite(e.params).all(1)
+        # the edge let curve, from the straight fit: kept over the straight step where it
+        # explains more than noise could (χ²₁), over no step where the curved step does (χ²₅;
+        # a straight step fitted to a strongly curved edge may not pass its own test)
+        c, cost_c, valid = _curved(e, data[idx], w[idx], pu[idx], pv[idx], setup, rho, fixed,
+                                   iterations, box)
+        unit = np.maximum(c.chi2_red, 1e-300) * infl
+        curved = valid & np.where(ok, (cost1 - cost_c) / unit > _CURVE_CHI2,
+                                  (cost0[idx] - cost_c) / unit > _CURVED_EDGE_CHI2)
+        e = _rows(e, c, curved)
+        ok |= curved
         k = idx[ok]
         p[k], cov[k], model[k], resid[k], chi2[k] = (e.params[ok], e.cov_uv[ok], e.model[ok],
                                                      e.resid[ok], e.chi2_red[ok])
     return FitResult(params=p, cov_uv=cov, resid=resid, model=model, chi2_red=chi2,
                      npix=r.npix)
+
+
+def _curved(e: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+            setup: FitSetup, rho: np.ndarray | None, fixed: tuple[int, ...], iterations: int,
+            box: tuple[np.ndarray, float] | None) -> tuple[FitResult, np.ndarray, np.ndarray]:
+    """Fits ``e`` (edge layout) refitted with the edge's curvature free (same weights ``w``):
+    the refit, its weighted misfit, and the rows where it is a valid fit (finite, positive
+    amplitude)."""
+    c = fit(e.params, data, w, pu, pv, setup, iterations=iterations, rho=rho, fixed=fixed,
+            box=box, init_linear=False, curved=True)
+    cost = np.einsum("nij,nij->n", w, c.resid ** 2)
+    return c, cost, (c.params[:, IA] > 0) & np.isfinite(c.params).all(1)
+
+
+def _rows(a: FitResult, b: FitResult, take: np.ndarray) -> FitResult:
+    """``a`` with the rows ``take`` from ``b``."""
+    return FitResult(**{f: np.where(take.reshape((-1,) + (1,) * (getattr(a, f).ndim - 1)),
+                                     getattr(b, f), getattr(a, f))
+                        for f in ("params", "cov_uv", "resid", "model", "chi2_red", "npix")})
+
+
+def curve_refit(e: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+                setup: FitSetup, rho: np.ndarray | None, fixed: tuple[int, ...],
+                iterations: int, box: tuple[np.ndarray, float] | None) -> FitResult:
+    """Fits ``e`` (edge layout, a step found) refitted with the edge's curvature free, kept
+    row by row where that lowers the weighted misfit by more than noise could (χ²₁ at
+    p = 0.001, in units of the refit's reduced χ² times the noise correlation's variance
+    inflation): a straight step fitted to a curved edge (a screw head, a cup rim) leaves misfit
+    that pulls the bead."""
+    c, cost_c, valid = _curved(e, data, w, pu, pv, setup, rho, fixed, iterations, box)
+    infl = 1.0 if rho is None else max(float(rho.sum()), 1.0)
+    gain = (np.einsum("nij,nij->n", w, e.resid ** 2) - cost_c) / (
+        np.maximum(c.chi2_red, 1e-300) * infl)
+    return _rows(e, c, valid & (gain > _CURVE_CHI2))
 
 
 # shape parameters a rescued bead keeps from the image's typical bead
@@ -296,7 +352,8 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
     Returns the fit and the weights of its last round. The weights depend on the background,
     not on the bead alone, so they are not symmetric about the centre; and the model adds the
     step to the bead in the display, while the detector blur acts on the quanta after the
-    implant has attenuated them. A bias along the edge normal remains (0.1–0.45 px on the
+    implant has attenuated them. The step's edge may curve (:func:`curve_refit`, last). A bias
+    along the edge normal remains (0.1–0.45 px on the
     phantom's stems, 0.1–0.2 px on a titanium plate of 2.8 ln-attenuation: tests/
     test_detect_edge.py); the caller flags these beads and widens their uncertainty.
     """
@@ -318,6 +375,8 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
         r = fit(p, data, w, pu, pv, setup, iterations=iterations, fixed=fx, box=box, rho=rho,
                 init_linear=init)
         p, init, iterations = r.params, False, max(4, iterations // 2)
+    if r is not None and len(p):
+        r = curve_refit(r, data, w, pu, pv, setup, rho, fx, iterations, box)
     return r, w
 
 
@@ -366,6 +425,8 @@ def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
     n, k = len(pa), npa + len(PAIR_BEAD)
     free = np.ones(k, bool)
     free[list(fixed)] = False
+    if npa > NPAR:
+        free[IEK] = False                                 # an edge's curvature stays as found
     cols = np.array([[IU, IV], [npa, npa + 1]])          # centre columns of A and B in theta
 
     def penalty(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -99,12 +99,20 @@ def _edge_frame():
     return x0, np.array([np.cos(a), -np.sin(a)]), np.array([np.sin(a), np.cos(a)])
 
 
-def _plate_attenuation(options: RenderOptions, plate_mm: float = PLATE_MM) -> np.ndarray:
-    """Attenuation ``Σ μ·L`` (rows, cols) of the tissue and the plate, as the renderer forms a
-    capsule's: transmission focal-blurred (a straight edge blurred by a Gaussian is Φ of the
-    distance), averaged over s×s sub-samples per pixel, then −log."""
-    rows, cols = SHAPE
+def _line_distance(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Signed distance (px) of pixel positions from the edge line (plate where negative)."""
     x0, n, _ = _edge_frame()
+    return n[0] * (u - x0[0]) + n[1] * (v - x0[1])
+
+
+def _plate_attenuation(options: RenderOptions, plate_mm: float = PLATE_MM,
+                       distance=_line_distance) -> np.ndarray:
+    """Attenuation ``Σ μ·L`` (rows, cols) of the tissue and the plate, as the renderer forms a
+    capsule's: transmission focal-blurred (an edge blurred by a Gaussian is Φ of the distance,
+    for a curved edge while its radius is large against the blur), averaged over s×s
+    sub-samples per pixel, then −log. ``distance(u, v)``: signed distance from the plate's
+    edge in px, negative on the plate."""
+    rows, cols = SHAPE
     sigma = options.focal_spot_mm / (2 * np.sqrt(2 * np.log(2))) * (PLATE_M - 1) / SPACING
     s = options.supersample
     sub = (np.arange(s) + 0.5) / s - 0.5
@@ -113,8 +121,7 @@ def _plate_attenuation(options: RenderOptions, plate_mm: float = PLATE_MM) -> np
     trans = np.zeros(SHAPE)
     for du in sub:
         for dv in sub:
-            dist = n[0] * (u + du - x0[0]) + n[1] * (v + dv - x0[1])
-            trans += 1.0 - blocked * ndtr(-dist / sigma)
+            trans += 1.0 - blocked * ndtr(-distance(u + du, v + dv) / sigma)
     trans /= s * s
     return (MU_WATER_PER_MM * TISSUE_MM - np.log(trans)).astype(np.float32)
 
