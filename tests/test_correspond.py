@@ -21,8 +21,8 @@ import rsa.correspond
 from rsa.calibrate import calibrate_exam
 from rsa.correspond import correspond
 from rsa.detect import DetectOptions, detect_beads
-from rsa.synthetic.render import RenderOptions, render_view
 from rsa.synthetic.scene import build_scene
+from rsa.synthetic.study import render_exam_view
 from rsa.triangulate import match_rays
 
 SEED = 4
@@ -39,14 +39,10 @@ def _exam(seed: int, exam_id: str):
     i, exam = next((i, e) for i, e in enumerate(scene.exams) if e.id == exam_id)
     beads3d = scene.exam_beads(exam)
     cage = scene.cage
-    centres = np.concatenate([cage.xyz_mm, *beads3d.values()])
-    radii = np.concatenate([cage.diameter_mm, *(s.diameter_mm for s in scene.segments)]) / 2
     names = [f"{s.name}-{k + 1:02d}" for s in scene.segments for k in range(len(s.diameter_mm))]
     images, dets, uv_true = [], [], []
     for j, view in enumerate(exam.views):
-        rv = render_view(view, centres, radii, capsules=scene.exam_capsules(exam),
-                         options=RenderOptions(background_seed=seed),
-                         rng=np.random.default_rng([seed, 2, i, j]))
+        rv = render_exam_view(scene, i, j, seed=seed)
         images.append(rv.image)
         dets.append(detect_beads(rv.image, pixel_spacing_mm=view.pixel_spacing_mm,
                                  options=OPTIONS))

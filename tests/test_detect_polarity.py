@@ -8,22 +8,15 @@ import numpy as np
 import pytest
 
 from rsa.detect import detect_beads
-from rsa.synthetic.render import RenderOptions, render_view
 from rsa.synthetic.scene import build_scene
+from rsa.synthetic.study import render_exam_view
 
 
 @pytest.fixture(scope="module")
 def view_image():
     scene = build_scene("implant", setup="biplanar", seed=0)
-    exam = scene.exams[0]
-    beads = scene.exam_beads(exam)
-    centres = np.concatenate([scene.cage.xyz_mm, *beads.values()])
-    radii = np.concatenate([scene.cage.diameter_mm,
-                            *(s.diameter_mm for s in scene.segments)]) / 2
-    view = exam.views[0]
-    out = render_view(view, centres, radii, capsules=scene.exam_capsules(exam),
-                      options=RenderOptions(background_seed=0),
-                      rng=np.random.default_rng([0, 2, 0, 0]))  # as write_study(seed=0)
+    view = scene.exams[0].views[0]
+    out = render_exam_view(scene, 0, 0, seed=0)          # as write_study(seed=0)
     visible = ~out.hidden & np.all((out.uv_px > 5) & (out.uv_px < np.array(out.image.shape)[::-1]
                                                        - 5), axis=1)
     return out.image, view.pixel_spacing_mm, out.uv_px[visible]

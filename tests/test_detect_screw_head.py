@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from rsa.detect import detect_beads
-from rsa.synthetic.render import RenderOptions, render_view
 from rsa.synthetic.scene import build_scene
+from rsa.synthetic.study import render_exam_view
 
 SEED = 1
 
@@ -32,16 +32,9 @@ def screw_view():
     scene = build_scene("spine", setup="uniplanar", seed=SEED)
     i, exam = next((i, e) for i, e in enumerate(scene.exams) if e.id == "M06")
     j, view = next((j, v) for j, v in enumerate(exam.views) if v.name == "A")
-    beads = scene.exam_beads(exam)
-    cage = scene.cage
-    centres = np.concatenate([cage.xyz_mm, *beads.values()])
-    radii = np.concatenate([cage.diameter_mm, *(s.diameter_mm for s in scene.segments)]) / 2
-    # the study's render options and noise stream (rsa.synthetic.study.write_study)
-    rv = render_view(view, centres, radii, capsules=scene.exam_capsules(exam),
-                     options=RenderOptions(background_seed=SEED),
-                     rng=np.random.default_rng([SEED, 2, i, j]))
+    rv = render_exam_view(scene, i, j, seed=SEED)       # as the study renders it
     names = [f"{s.name}-{k + 1:02d}" for s in scene.segments for k in range(len(s.diameter_mm))]
-    bead = rv.uv_px[len(cage.xyz_mm) + names.index("L5-05")]
+    bead = rv.uv_px[len(scene.cage.xyz_mm) + names.index("L5-05")]
     found = detect_beads(rv.image, pixel_spacing_mm=view.pixel_spacing_mm)
     return rv, bead, found
 

@@ -211,6 +211,29 @@ def manifest_text(scene: Scene, files: dict[str, list[dict]], cage_ref: str) -> 
 
 
 # -- study ------------------------------------------------------------------------------------
+def exam_spheres(scene: Scene, exam: Exam) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and radii (mm) of every sphere of an exam, as rendered: the cage's markers, then
+    each segment's beads in the scene's order."""
+    beads = scene.exam_beads(exam)
+    centres = np.concatenate([scene.cage.xyz_mm, *beads.values()])
+    radii = np.concatenate([scene.cage.diameter_mm,
+                            *(s.diameter_mm for s in scene.segments)]) / 2
+    return centres, radii
+
+
+def render_exam_view(scene: Scene, exam_index: int, view_index: int, *, seed: int,
+                     options: RenderOptions | None = None):
+    """View ``view_index`` of exam ``exam_index`` as :func:`write_study` renders it for ``seed``:
+    its render options (unless ``options`` are given) and its noise stream. Returns the
+    :class:`rsa.synthetic.render.RenderedView`."""
+    exam = scene.exams[exam_index]
+    centres, radii = exam_spheres(scene, exam)
+    return render_view(exam.views[view_index], centres, radii,
+                       capsules=scene.exam_capsules(exam),
+                       options=options or RenderOptions(background_seed=int(seed)),
+                       rng=np.random.default_rng([int(seed), 2, exam_index, view_index]))
+
+
 def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int = 0,
                 variant: str | os.PathLike = "implant", side_by_side: bool = False,
                 photometric: str = "MONOCHROME2", pixel_spacing_mm: float | None = None,
@@ -270,15 +293,10 @@ def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int 
     files: dict[str, list[dict]] = {}
     exams_truth = []
     for i, exam in enumerate(scene.exams):
-        beads = scene.exam_beads(exam)
-        centres = np.concatenate([cage.xyz_mm, *beads.values()])
-        radii = np.concatenate([cage.diameter_mm, *(s.diameter_mm for s in scene.segments)]) / 2
-        caps = scene.exam_capsules(exam)
+        centres, radii = exam_spheres(scene, exam)
         rendered = {}
         for j, view in enumerate(exam.views):
-            rendered[view.name] = render_view(view, centres, radii, capsules=caps,
-                                              options=options, rng=np.random.default_rng(
-                                                  [int(seed), 2, i, j]))
+            rendered[view.name] = render_exam_view(scene, i, j, seed=seed, options=options)
             tick(f"{exam.id}: rendered view {view.name}")
         when = _date(scene, exam)
         study_uid = str(generate_uid(entropy_srcs=["rsa-phantom", str(seed), scene.study_id,
