@@ -21,8 +21,10 @@ over pixels or beads; loops only over the 2–3 filter scales and over fitting p
    noise correlation (detector blur); the centre uncertainty ``sigma_px`` is calibrated against
    simulation truth (tests/test_detect.py). A bead on or next to an implant or cortical-bone
    edge is refitted with a blurred straight step added to its background (edge direction,
-   position, width and height free), kept where a χ² test says the data need it; a quadratic
-   background fitted across such a step had moved those centres by 0.4–1.4 px.
+   position, width and height free), then with the edge let curve (a circle: screw heads, cup
+   rims), each kept where a χ² test says the data need it; a quadratic background fitted
+   across such a step had moved those centres by 0.4–1.4 px, a straight step across a curved
+   edge by 0.1–0.8 px (tests/test_detect_edge.py, tests/test_detect_curved_edge.py).
 3. **Quality flags**: touching, near an implant/bone edge, occluded (misfit or distorted),
    clipped at the border.
 
@@ -289,9 +291,9 @@ def detect_beads(image: ArrayLike, *, pixel_spacing_mm: ArrayLike,
         blurred shadow overlaps; its model was subtracted before the fit, or, where the discs
         overlap, the pair was fitted jointly — the pair is separated, never averaged),
         ``near_edge`` (implant or bone edge next to the bead: strong background change across
-        it, direction-dependent misfit around it, or a background that needed the straight-step
-        term), ``occluded`` (misfit on the bead's disc, or a distorted shape, e.g. partly behind
-        an implant),
+        it, direction-dependent misfit around it, or a background that needed the step term),
+        ``occluded`` (misfit on the bead's disc, or a distorted shape, e.g. partly behind an
+        implant),
         ``clipped`` (the disc crosses the image border). ``flags`` is their union.
 
     Raises

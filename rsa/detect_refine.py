@@ -206,8 +206,8 @@ def edge_profile(p: np.ndarray, du: np.ndarray, dv: np.ndarray
 
 
 def background(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
-    """Local background (anatomy) in the window, (N, W, W): quadratic, plus a blurred straight
-    step when ``p`` has the edge layout (:data:`NPAR_EDGE` columns)."""
+    """Local background (anatomy) in the window, (N, W, W): quadratic, plus a blurred step
+    (:func:`edge_profile`) when ``p`` has the edge layout (:data:`NPAR_EDGE` columns)."""
     bg = _quadratic(p, du, dv)
     if p.shape[1] > NPAR:
         bg = bg + p[:, IEA, None, None] * edge_profile(p, du, dv)[0]

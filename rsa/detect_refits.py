@@ -1,13 +1,13 @@
 """Refits of beads that one bead on a quadratic background does not describe.
 
 Internal module of :mod:`rsa.detect` (used by :mod:`rsa.detect_stages`): evidence of structure
-next to a bead (:func:`structure`), the straight blurred-step background for a bead on an
-implant or bone edge (:func:`edge_refit`), the fit of a bead half over a metal implant edge
-whose plain fit failed (:func:`edge_rescue`, with the noise of the background level:
-:func:`level_variance`) and the joint two-bead fit for two overlapping beads found as one
-(:func:`split_merged`), plus the window-level model helpers both modules share. The edge and
-split refits are kept only where a χ² test (p = 0.001) says the data need their extra
-parameters; a rescue fit must pass the detector's SNR test with a typical amplitude.
+next to a bead (:func:`structure`), the blurred-step background (straight or curved) for a bead
+on an implant or bone edge (:func:`edge_refit`, :func:`curve_refit`), the fit of a bead half
+over a metal implant edge whose plain fit failed (:func:`edge_rescue`, with the noise of the
+background level: :func:`level_variance`) and the joint two-bead fit for two overlapping beads
+found as one (:func:`split_merged`), plus the window-level model helpers both modules share.
+The edge and split refits are kept only where a χ² test (p = 0.001) says the data need their
+extra parameters; a rescue fit must pass the detector's SNR test with a typical amplitude.
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    plus a model-error floor; correction of the shift that the detector blur causes on a
    background gradient (log display);
 7. beads with structure next to them (flagged, or screened by a cheap linear fit) are refitted
-   with a blurred straight step in the background, kept where χ² drops by more than noise
-   could; beads with misfit on their disc away from structure are tried as two overlapping
-   beads (joint fit, same kind of test) — both in :mod:`rsa.detect_refits`;
+   with a blurred straight step in the background, then with its edge let curve, each kept
+   where χ² drops by more than noise could; beads with misfit on their disc away from
+   structure are tried as two overlapping beads (joint fit, same kind of test) — both in
+   :mod:`rsa.detect_refits`;
 8. last, after every decision: each bead whose disc overlaps a neighbour's (split beads
    included) is refitted jointly with it, both with the image's typical shape
    (:func:`rsa.detect_overlap.pair_refit`; the alternating deblending of step 4 leaves such
@@ -398,8 +399,8 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     r = fit(p, data, w, pu, pv, setup, iterations=max(4, opts.iterations // 2), rho=rho,
             init_linear=False, fixed=fx)
     # structure next to the bead (implant or bone edge): flagged from the plain fit, then such
-    # beads are refitted with a straight blurred step in their background, each centre kept
-    # within its window (a curved edge, e.g. a screw head, can pull a step fit out of it)
+    # beads are refitted with a blurred step (straight, then curved) in their background, each
+    # centre kept within its window (a curved edge, e.g. a screw head, can pull a fit out of it)
     near_edge, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
     r = edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations,
                    rescued, box_px=float(setup.half))
