@@ -2,10 +2,10 @@
 
 Internal module of :mod:`rsa.detect` (used by :mod:`rsa.detect_stages`): evidence of structure
 next to a bead (:func:`structure`), the blurred-step background (straight or curved) for a bead
-on an implant or bone edge (:func:`edge_refit`, :func:`curve_refit`), the fit of a bead half
-over a metal implant edge whose plain fit failed (:func:`edge_rescue`, with the noise of the
-background level: :func:`level_variance`) and the joint two-bead fit for two overlapping beads
-found as one (:func:`split_merged`), plus the window-level model helpers both modules share.
+on an implant or bone edge (:func:`edge_refit`), the fit of a bead half over a metal implant
+edge whose plain fit failed (:func:`edge_rescue`, with the noise of the background level:
+:func:`level_variance`) and the joint two-bead fit for two overlapping beads found as one
+(:func:`split_merged`), plus the window-level model helpers both modules share.
 The edge and split refits are kept only where a χ² test (p = 0.001) says the data need their
 extra parameters; a rescue fit must pass the detector's SNR test with a typical amplitude.
 """
@@ -287,21 +287,6 @@ def _rows(a: FitResult, b: FitResult, take: np.ndarray) -> FitResult:
                         for f in ("params", "cov_uv", "resid", "model", "chi2_red", "npix")})
 
 
-def curve_refit(e: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: np.ndarray,
-                setup: FitSetup, rho: np.ndarray | None, fixed: tuple[int, ...],
-                iterations: int, box: tuple[np.ndarray, float] | None) -> FitResult:
-    """Fits ``e`` (edge layout, a step found) refitted with the edge's curvature free, kept
-    row by row where that lowers the weighted misfit by more than noise could (χ²₁ at
-    p = 0.001, in units of the refit's reduced χ² times the noise correlation's variance
-    inflation): a straight step fitted to a curved edge (a screw head, a cup rim) leaves misfit
-    that pulls the bead."""
-    c, cost_c, valid = _curved(e, data, w, pu, pv, setup, rho, fixed, iterations, box)
-    infl = 1.0 if rho is None else max(float(rho.sum()), 1.0)
-    gain = (np.einsum("nij,nij->n", w, e.resid ** 2) - cost_c) / (
-        np.maximum(c.chi2_red, 1e-300) * infl)
-    return _rows(e, c, valid & (gain > _CURVE_CHI2))
-
-
 # shape parameters a rescued bead keeps from the image's typical bead
 RESCUE_FIXED = (IR, IE1, IE2, ILS)
 
@@ -352,8 +337,7 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
     Returns the fit and the weights of its last round. The weights depend on the background,
     not on the bead alone, so they are not symmetric about the centre; and the model adds the
     step to the bead in the display, while the detector blur acts on the quanta after the
-    implant has attenuated them. The step's edge may curve (:func:`curve_refit`, last). A bias
-    along the edge normal remains (0.1–0.45 px on the
+    implant has attenuated them. A bias along the edge normal remains (0.1–0.45 px on the
     phantom's stems, 0.1–0.2 px on a titanium plate of 2.8 ln-attenuation: tests/
     test_detect_edge.py); the caller flags these beads and widens their uncertainty.
     """
@@ -375,8 +359,6 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
         r = fit(p, data, w, pu, pv, setup, iterations=iterations, fixed=fx, box=box, rho=rho,
                 init_linear=init)
         p, init, iterations = r.params, False, max(4, iterations // 2)
-    if r is not None and len(p):
-        r = curve_refit(r, data, w, pu, pv, setup, rho, fx, iterations, box)
     return r, w
 
 
