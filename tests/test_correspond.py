@@ -200,9 +200,8 @@ def test_no_swap_without_a_shared_plane():
 # screw-head detection in view A and a turned-down candidate inside the screw head in view B.
 # Fitted there as two beads held to those lines, the first pair's centres went 20 px from the
 # detection onto the lines (set by the lines' penalty, not by the window's pixels); the second
-# fitted two "beads" into the metal's noise (their reduced χ² 8× the clean beads', relative to
-# the window noise). Both were kept and put points where there is no bead
-# (rsa.detect_lines: MAX_OFFSET and the misfit test).
+# fitted two "beads" of typical amplitude into the metal's noise (SNR 1.3 each). Both were kept
+# and put points where there is no bead (rsa.detect_lines: MAX_OFFSET and the SNR test).
 SPLIT_SEED, SPLIT_EXAM = 1, "REF"
 
 
