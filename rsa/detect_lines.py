@@ -235,7 +235,7 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
             pb[:, [IU, IV]] = foot[rows, 1] - shift * along[rows, 1]
             pa[:, IA] = pb[:, IA] = typ[IA]
             a, b, cost, hinv = fit_pair(pa, pb, d, weights(pa, pb, rows), u, v, setup,
-                                         fixed, max(4, opts.iterations // 3), lines=lines)
+                                        fixed, max(4, opts.iterations // 3), lines=lines)
             if best is None:
                 best = (a, b, cost, hinv)
             else:
@@ -245,7 +245,7 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
         a, b, _, _ = best
         wts = weights(a, b, rows)
         a, b, cost, hinv = fit_pair(a, b, d, wts, u, v, setup, fixed, opts.iterations,
-                                     lines=lines)
+                                    lines=lines)
         cost1 = np.einsum("nij,nij->n", wts, (d - model1[rows]) ** 2)
         cab = np.stack([a[:, [IU, IV]], b[:, [IU, IV]]], 1)
         res = lines[1] - np.einsum("kbi,kbi->kb", lines[0], cab)

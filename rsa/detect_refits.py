@@ -5,9 +5,9 @@ next to a bead (:func:`structure`), the blurred-step background (straight or cur
 on an implant or bone edge (:func:`edge_refit`), the fit of a bead half over a metal implant
 edge whose plain fit failed (:func:`edge_rescue`, with the noise of the background level:
 :func:`level_variance`) and the joint two-bead fit for two overlapping beads found as one
-(:func:`split_merged`), plus the window-level model helpers both modules share.
-The edge and split refits are kept only where a χ² test (p = 0.001) says the data need their
-extra parameters; a rescue fit must pass the detector's SNR test with a typical amplitude.
+(:func:`split_merged`), plus the window-level model helpers both modules share. The edge and
+split refits are kept only where a χ² test (p = 0.001) says the data need their extra
+parameters; a rescue fit must pass the detector's SNR test with a typical amplitude.
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
                flagged: np.ndarray, fixed: tuple[int, ...], iterations: int,
                skip: np.ndarray | None = None, box_px: float = np.inf) -> FitResult:
-    """Refit beads with a straight blurred step in their background where the data ask for it.
+    """Refit beads with a blurred step (straight, then curved) in their background where the
+    data ask for it.
 
     An implant or cortical-bone edge under or next to a bead is not a quadratic; fitted as one
     it pulls the centre towards or away from the edge by up to pixels. The step model (Φ of the
@@ -391,9 +392,9 @@ def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
 
 
 def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
-              pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
-              iterations: int, lines: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+             pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
+             iterations: int, lines: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Levenberg–Marquardt fit of two beads sharing one window and background (batched).
 
     ``lines`` = (normals (N, 2, 2), offsets (N, 2), weights (N, 2)) adds, for bead A and B, the
@@ -551,7 +552,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
             q[:, IE1] = q[:, IE2] = 0.0
             q[:, IA] = a_typ
         pa, pb, cost, _ = fit_pair(pa, pb, dat, weights(pa, pb), u_, v_, setup, fixed,
-                                    max(4, iterations // 2))
+                                   max(4, iterations // 2))
         if best is None:
             best = (pa, pb, cost)
         else:
