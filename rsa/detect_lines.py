@@ -57,6 +57,7 @@ from rsa.detect_refine import (
     make_setup,
     model_and_jacobian,
     noise_correlation,
+    variance_inflation,
 )
 from rsa.detect_refits import blocked, fit_pair, pair_weights
 from rsa.detect_stages import _rel_variance_t, _windows, reweighted_fit
@@ -216,7 +217,7 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
     lw = 1.0 / np.maximum(lsig, 1e-3) ** 2
     npa = NPAR
     rho, _ = noise_correlation(work)
-    infl = max(float(rho.sum()), 1.0)
+    infl = variance_inflation(rho)
     cu, cv = pu[:, setup.half], pv[:, setup.half]
     model1 = model_and_jacobian(one.params, pu, pv, cu, cv, setup, jac=False)[0]
 

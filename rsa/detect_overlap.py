@@ -29,9 +29,16 @@ from rsa.detect_refine import (
     NPAR,
     FitResult,
     FitSetup,
-    model_and_jacobian,
+    variance_inflation,
 )
-from rsa.detect_refits import PAIR_BEAD, bead_model, fit_pair, mean_radius, pair_weights
+from rsa.detect_refits import (
+    PAIR_BEAD,
+    bead_model,
+    fit_pair,
+    mean_radius,
+    pair_outputs,
+    pair_weights,
+)
 
 
 def neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup,
@@ -145,12 +152,10 @@ def _joint(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarray, 
     data, u_, v_ = data[ok], u_[ok], v_[ok]
     npix = (w > 0).sum(axis=(1, 2))
     red = cost / np.maximum(npix - npar - len(PAIR_BEAD), 1)
-    infl = max(float(rho.sum()), 1.0)
-    model = model_and_jacobian(a, u_, v_, u_[:, setup.half], v_[:, setup.half], setup,
-                               jac=False)[0]
+    cov, model, resid = pair_outputs(a, b, red, hinv, variance_inflation(rho), data, u_, v_,
+                                     setup)
     full = p[rows].copy()
     full[:, :npar] = a
-    out = FitResult(params=full, cov_uv=hinv[:, :2, :2] * (red * infl)[:, None, None],
-                    resid=data - model - bead_model(b, u_, v_, setup), model=model,
+    out = FitResult(params=full, cov_uv=cov[:, :2, :2], resid=resid, model=model,
                     chi2_red=red, npix=npix)
     return rows, out, w

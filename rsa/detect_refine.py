@@ -491,6 +491,12 @@ def _corr(k: np.ndarray, dy: int, dx: int) -> float:
 _LAP = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
+def variance_inflation(rho: np.ndarray) -> float:
+    """Factor (≥ 1) by which correlated noise of normalised autocorrelation ``rho`` inflates a
+    reduced χ² as the unit of a χ² test: the sum of ``rho`` over its lags."""
+    return max(float(rho.sum()), 1.0)
+
+
 def noise_correlation(image: np.ndarray) -> tuple[np.ndarray, float]:
     """Normalised autocorrelation (2·LAG+1, 2·LAG+1) of the pixel noise of ``image``, and σ_n.
 

@@ -49,6 +49,7 @@ from rsa.detect_refine import (
     linear_init,
     linear_params,
     model_and_jacobian,
+    variance_inflation,
 )
 
 
@@ -233,7 +234,7 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     p = np.zeros((n, NPAR_EDGE))
     p[:, :NPAR] = r.params
     cov, model, resid, chi2 = (x.copy() for x in (r.cov_uv, r.model, r.resid, r.chi2_red))
-    infl = max(float(rho.sum()), 1.0)
+    infl = variance_inflation(rho)
     cost0 = r.chi2_red * np.maximum(r.npix - NPAR, 1)
     q = _edge_start(r.params, r.model, data, inside, pu, pv, setup)
     cu, cv = pu[:, setup.half], pv[:, setup.half]
@@ -255,8 +256,9 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
         # the edge let curve, from the straight fit: kept over the straight step where it
         # explains more than noise could (χ²₁), over no step where the curved step does (χ²₅;
         # a straight step fitted to a strongly curved edge may not pass its own test)
-        c, cost_c, valid = _curved(e, data[idx], w[idx], pu[idx], pv[idx], setup, rho, fixed,
-                                   iterations, box)
+        c, valid = _curved(e, data[idx], w[idx], pu[idx], pv[idx], setup, rho, fixed,
+                           iterations, box)
+        cost_c = c.chi2_red * np.maximum(c.npix - NPAR_EDGE, 1)
         unit = np.maximum(c.chi2_red, 1e-300) * infl
         curved = valid & np.where(ok, (cost1 - cost_c) / unit > _CURVE_CHI2,
                                   (cost0[idx] - cost_c) / unit > _CURVED_EDGE_CHI2)
@@ -271,14 +273,12 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
 
 def _curved(e: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: np.ndarray,
             setup: FitSetup, rho: np.ndarray | None, fixed: tuple[int, ...], iterations: int,
-            box: tuple[np.ndarray, float] | None) -> tuple[FitResult, np.ndarray, np.ndarray]:
+            box: tuple[np.ndarray, float] | None) -> tuple[FitResult, np.ndarray]:
     """Fits ``e`` (edge layout) refitted with the edge's curvature free (same weights ``w``):
-    the refit, its weighted misfit, and the rows where it is a valid fit (finite, positive
-    amplitude)."""
+    the refit and the rows where it is a valid fit (finite, positive amplitude)."""
     c = fit(e.params, data, w, pu, pv, setup, iterations=iterations, rho=rho, fixed=fixed,
             box=box, init_linear=False, curved=True)
-    cost = np.einsum("nij,nij->n", w, c.resid ** 2)
-    return c, cost, (c.params[:, IA] > 0) & np.isfinite(c.params).all(1)
+    return c, (c.params[:, IA] > 0) & np.isfinite(c.params).all(1)
 
 
 def _rows(a: FitResult, b: FitResult, take: np.ndarray) -> FitResult:
@@ -472,6 +472,18 @@ def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
     return a, b, cost, Hinv[:, c][:, :, c]
 
 
+def pair_outputs(pa: np.ndarray, pb: np.ndarray, red: np.ndarray, hinv: np.ndarray,
+                 infl: float, data: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+                 setup: FitSetup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a joint two-bead fit (:func:`fit_pair`) reports for its beads: the (N, 4, 4)
+    covariance of both centres (the inverse normal matrix scaled by the reduced χ² ``red`` and
+    the noise correlation's variance inflation), bead A's model with the shared background, and
+    the residuals of the pair model."""
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    ma = model_and_jacobian(pa, pu, pv, cu, cv, setup, jac=False)[0]
+    return hinv * (red * infl)[:, None, None], ma, data - ma - bead_model(pb, pu, pv, setup)
+
+
 # χ²(7 dof) exceeded with probability 0.001: a second bead (centre, radius, shape, amplitude)
 _SPLIT_CHI2 = 24.32
 
@@ -529,7 +541,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     if idx.size == 0:
         return r, none, w
     knots, rel = variance
-    infl = max(float(rho.sum()), 1.0)
+    infl = variance_inflation(rho)
     r_typ = float(np.sqrt(setup.r_min * setup.r_max))
     typ = np.ones(len(r.params), bool) if typical is None or not typical.any() else typical
     a_typ = float(np.median(r.params[typ, IA]))
@@ -586,11 +598,9 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     pa, pb, red, hinv, wts = pa[ok], pb[ok], red[ok], hinv[ok], wts[ok]
     dat, u_, v_ = dat[ok], u_[ok], v_[ok]
     npix = r.npix[k]
-    cov = hinv * (red * infl)[:, None, None]
-    cu, cv = u_[:, setup.half], v_[:, setup.half]
-    ma = model_and_jacobian(pa, u_, v_, cu, cv, setup, jac=False)[0]
-    mb = model_and_jacobian(pb, u_, v_, cu, cv, setup, jac=False)[0]   # shared background
-    resid = dat - ma - bead_model(pb, u_, v_, setup)
+    cov, ma, resid = pair_outputs(pa, pb, red, hinv, infl, dat, u_, v_, setup)
+    mb = model_and_jacobian(pb, u_, v_, u_[:, setup.half], v_[:, setup.half], setup,
+                            jac=False)[0]                                # shared background
     fields = {f: getattr(r, f).copy() for f in ("params", "cov_uv", "resid", "model", "chi2_red",
                                                 "npix")}
     new = {"params": (pa, pb), "cov_uv": (cov[:, :2, :2], cov[:, 2:, 2:]),
