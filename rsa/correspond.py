@@ -5,14 +5,15 @@ Rays through the patient detections of both views are paired by crossing-line er
 one view only are split there on the other view's epipolar lines (:mod:`rsa.epipolar`,
 :func:`rsa.detect_lines.split_on_lines`) and the rays are paired again. Two pairs whose
 crossed pairings meet as well (two beads near one epipolar plane) are given with both pairings,
-all four points not likely, for the marker models to decide (:func:`_with_swaps`). The 3D
-uncertainty of every pair follows from its detections' ``sigma_px``
+all four points not likely, for the marker models to decide (:func:`_with_swaps`). Each pair's
+point weighs its two detections by their ``sigma_px`` (:func:`_weighted_points`: a bead measured
+poorly in one view is placed mostly by the other), and its 3D uncertainty follows from them
 (:func:`_triangulation_sigma`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from rsa.detect import Beads2D, DetectOptions
 from rsa.detect_lines import split_on_lines
 from rsa.epipolar import one_view_overlaps
 from rsa.triangulate import RayMatch, intersect_rays, match_rays, pair_nll
+from rsa.triangulate_ml import triangulate_ml
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +123,7 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     if n_split:
         m, rays, sig = match()
     m = _with_swaps(m, rays, sig)
+    m = _weighted_points(m, cviews, uv, sig_px)
     sigma = _triangulation_sigma(m, cviews, (rays[0][1], rays[1][1]), sig_px, pixel_spacing_mm)
     odd = [np.concatenate([_atypical(d)[k], np.zeros(len(u) - int(k.sum()), bool)])
            for d, k, u in zip(det, masks, uv, strict=True)]      # split beads: not tested
@@ -179,6 +182,19 @@ def _with_swaps(m: RayMatch, rays, sig) -> RayMatch:
                     alternatives=m.alternatives, alternatives_cle_mm=m.alternatives_cle_mm,
                     gate_mm=m.gate_mm,
                     likely=np.concatenate([likely, np.zeros(len(new), bool)])[order])
+
+
+def _weighted_points(m: RayMatch, views, uv, sigma_px) -> RayMatch:
+    """``m`` with each pair's point triangulated from its two detections weighted by their
+    ``sigma_px`` (:func:`rsa.triangulate_ml.triangulate_ml`) instead of the rays' midpoint;
+    the CLE stays that of the rays. Where it gives no point, the midpoint stays."""
+    if len(m) == 0:
+        return m
+    P = np.stack([v.projection_matrix for v in views])
+    idx = (m.pairs[:, 0], m.pairs[:, 1])
+    pts, _ = triangulate_ml(P, np.stack([u[i] for u, i in zip(uv, idx, strict=True)], axis=1),
+                            np.stack([s[i] for s, i in zip(sigma_px, idx, strict=True)], axis=1))
+    return replace(m, points_mm=np.where(np.isfinite(pts), pts, m.points_mm))
 
 
 def _atypical(beads) -> np.ndarray:
