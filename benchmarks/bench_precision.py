@@ -27,8 +27,11 @@ uncertainty estimates):
    marker) has the bound of the joint estimate (spine phantom: 1.4× the bound of both moved
    together for two beads 1.6 radii apart, 1.6× at 0.65 radii);
 3. ``--mc`` draws: each bead's TRUE projection (``truth.json`` ``uv_px``) is perturbed by
-   N(0, CRLB σ) independently per view and axis, back-projected through the TRUE view geometry
-   (``projection_matrix`` of ``truth.json``) and triangulated (``rsa.triangulate.intersect_rays``);
+   N(0, CRLB σ) independently per view and axis and triangulated through the TRUE view geometry
+   (``projection_matrix`` of ``truth.json``) by the CRLB-weighted reprojection error
+   (``rsa.triangulate_ml.triangulate_ml``, as the pipeline weighs its centres by their σ: the
+   maximum-likelihood point, not the midpoint, which takes half of a poorly bounded view's
+   error);
    the beads used are those the pipeline triangulated in that exam (matched to the truth within
    1 mm), so both sides fit the same bead sets; each draw goes through the same labelling,
    per-segment rigid fits and motions as the pipeline (``rsa.series.analyse_subject``), with
@@ -44,8 +47,9 @@ an ideal pipeline; 1.5 is the issue's allowance.
 
 Diagnostic (printed, not checked) to split an excess between detection and calibration: the
 pipeline's 2D error of the used beads against the truth (RMS, and RMS of error / CRLB σ), and the
-*2D-only SD*: the pipeline's own detected 2D centres triangulated through the TRUE geometry and
-put through the same fits with the pipeline's own bead weights (``rsa.pipeline._bead_sigma``)
+*2D-only SD*: the pipeline's own detected 2D centres triangulated through the TRUE geometry (with
+the pipeline's own centre σ, ``ExamMeasurement.sigma_px``) and put through the same fits with
+the pipeline's own bead weights (``rsa.pipeline._bead_sigma``)
 and unlikely pairs (``likely``, as the pipeline passes them to ``rsa.series.analyse_subject``) —
 the observed SD without the calibration error. And the ratio of each bead's bound with its
 contrast, radius, a quadratic local background and the implants' position, attenuation and
@@ -84,7 +88,7 @@ from rsa.series import COMPONENTS, analyse_subject, double_exam_differences
 from rsa.synthetic import write_study
 from rsa.synthetic.render import RenderOptions
 from rsa.synthetic.scene import build_scene
-from rsa.triangulate import intersect_rays
+from rsa.triangulate_ml import triangulate_ml
 
 #: Cage markers whose projection lies within this many px of a patient bead are rendered with
 #: the patient beads for the bound (they can reach a 21×21 window; farther ones cannot).
@@ -132,15 +136,6 @@ def exam_crlb(scene, exam, opts):
         b, bn = crlb(view, centres, radii, caps, opts, view.project(centres), which, nuisance=True)
         out[view.name], out_n[view.name] = b[which], bn[which]
     return out, out_n
-
-
-def _rays(vt, uv):
-    """Rays (focus, direction) through image points `uv` (..., 2) of a truth view."""
-    P = np.asarray(vt["projection_matrix"], float)
-    Minv = np.linalg.inv(P[:, :3])
-    focus = -Minv @ P[:, 3]
-    d = np.concatenate([uv, np.ones((*uv.shape[:-1], 1))], axis=-1) @ Minv.T
-    return focus, d
 
 
 def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
@@ -191,30 +186,32 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
             stats["nuisance"].append(bound_n[n][used] / bound[n][used])
         m = res.measurements[f"{subj.id}/{e.id}"]
         det_uv = {m.views[0]["view"]: m.uv_a, m.views[1]["view"]: m.uv_b}
-        rays, rays_n, det_rays = [], [], []
+        uvs, uvs_n, sd, sd_n, det_uvs, det_sd = [], [], [], [], [], []
+        own_sd = {m.views[0]["view"]: m.sigma_px[:, 0], m.views[1]["view"]: m.sigma_px[:, 1]}
         for n in names:
             uv_t = np.concatenate([np.asarray(te["views"][n]["beads"][s]["uv_px"])
                                    for s in seg_names])[used]
             z = rng.normal(size=(mc, *uv_t.shape))
-            rays.append(_rays(te["views"][n], uv_t + z * bound[n][used]))
+            uvs.append(uv_t + z * bound[n][used])
+            sd.append(bound[n][used])
             # diagnostic: the same draws scaled by the bound with the nuisances unknown
             bn = np.where(np.isfinite(bound_n[n][used]), bound_n[n][used], bound[n][used])
-            rays_n.append(_rays(te["views"][n], uv_t + z * bn))
+            uvs_n.append(uv_t + z * bn)
+            sd_n.append(bn)
             if len(meas):   # diagnostic: the pipeline's own 2D centres, true geometry
                 uv_d = det_uv[n][j[used]]
                 stats["err_px"].append(uv_d - uv_t)
                 stats["err_z"].append((uv_d - uv_t) / bound[n][used])
-                det_rays.append(_rays(te["views"][n], uv_d))
-        (fa, da), (fb, db) = rays
-        p, _ = intersect_rays(fa, da, fb, db)                   # (mc, K, 3)
+                det_uvs.append(uv_d[None])
+                det_sd.append(own_sd[n][j[used]])
+        P = [np.asarray(te["views"][n]["projection_matrix"], float) for n in names]
+        p = _ml_points(P, uvs, sd)                              # (mc, K, 3)
         pts_draws.append(p)
-        (fa, da), (fb, db) = rays_n
-        pn = intersect_rays(fa, da, fb, db)[0]
+        pn = _ml_points(P, uvs_n, sd_n)
         pts_draws_n.append(pn)
         sig3_n.append(np.sqrt(np.mean(np.sum((pn - xyz[used]) ** 2, -1), 0)))
-        if det_rays:
-            (fa, da), (fb, db) = det_rays
-            det_pts.append(intersect_rays(fa, da, fb, db)[0])
+        if det_uvs:
+            det_pts.append(_ml_points(P, det_uvs, det_sd)[0])
             det_sig.append(_bead_sigma(m)[j[used]])   # the pipeline's own fit weights
             det_likely.append(m.likely[j[used]])      # ... and its unlikely pairs
         else:
@@ -237,6 +234,16 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats):
     det = double_exam_differences(_quiet_subject(subj, det_pts, res.study, det_sig,
                                                  det_likely), spec)[0]
     return out, det
+
+
+def _ml_points(P, uvs, sigmas):
+    """Points (mc, K, 3) of draws ``uvs`` (per view (mc, K, 2), σ ``sigmas`` per view (K, 2))
+    through the views' camera matrices ``P``, by the σ-weighted reprojection the pipeline uses
+    (:func:`rsa.triangulate_ml.triangulate_ml`): the maximum-likelihood point of the draws."""
+    uv = np.stack(uvs, axis=-2)                                   # (mc, K, V, 2)
+    sd = np.broadcast_to(np.stack(sigmas, axis=-2), uv.shape)
+    pts, _ = triangulate_ml(np.stack(P), uv.reshape(-1, len(P), 2), sd.reshape(-1, len(P), 2))
+    return pts.reshape(*uv.shape[:2], 3)
 
 
 def _rms(x):

@@ -55,6 +55,8 @@ class ExamMeasurement:
     sigma_mm: np.ndarray | None = None   # (P,) 3D uncertainty from the 2D centre uncertainties
     likely: np.ndarray | None = None     # (P,) CLE consistent with the rays' uncertainty
     misfit: np.ndarray | None = None     # (P,) a detection misfits a bead (flagged occluded)
+    sigma_px: np.ndarray | None = None   # (P, 2, 2) centre σ per view (a, b) and axis (u, v), px:
+                                         # the weights of the point's triangulation
 
     def __post_init__(self) -> None:
         n = len(self.cle_mm)   # absent quality arrays: every point clean
@@ -157,6 +159,7 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
                      gate_mm=study.thresholds["gate_mm"], options=opts)
     m, sigma, misfit = cor.match, cor.sigma_mm, cor.misfit
     uv_a, uv_b = cor.uv_px
+    sig_px = np.stack([cor.sigma_px[0][m.pairs[:, 0]], cor.sigma_px[1][m.pairs[:, 1]]], axis=1)
     secs["match"] = time.perf_counter() - t
     summary = tuple({"view": v.name, "method": v.method_label, "focus": v.focus_mm.tolist(),
                      "rms_px": float(v.rms_px),
@@ -175,7 +178,8 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     hashes = tuple(dict.fromkeys(r.sha256 for r in views.values()))
     return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
                            uv_b[m.pairs[:, 1]], m.ambiguous, summary, hashes,
-                           inputs_key(exam, study, hashes), secs, sigma, m.likely, misfit)
+                           inputs_key(exam, study, hashes), secs, sigma, m.likely, misfit,
+                           sig_px)
 
 
 def _bead_sigma(m: ExamMeasurement, floor_mm: float = 0.005) -> np.ndarray:
@@ -306,15 +310,18 @@ def _measurement_rows(m: ExamMeasurement, *, status: str, exam: ExamSpec | None 
                       flags: list[str] | None = None, notes: list[str] | None = None) -> dict:
     labels = labels or {}
     sig = m.sigma_mm if m.sigma_mm is not None else np.full(len(m.cle_mm), np.nan)
+    spx = (m.sigma_px if m.sigma_px is not None else np.full((len(m.cle_mm), 2, 2), np.nan)
+           ).reshape(-1, 4)
     point_status = (np.full(len(m.cle_mm), "candidate") if status == "measured"
                     else bead_status(m, np.fromiter(labels, int, len(labels))))
     beads = [{"segment": labels.get(i, ("", ""))[0], "bead_id": labels.get(i, ("", ""))[1],
               "status": str(st), "x": p[0], "y": p[1], "z": p[2], "cle_mm": c,
               "sigma_mm": sg, "likely": int(lk), "misfit": int(mf), "u_a": ua[0],
-              "v_a": ua[1], "u_b": ub[0], "v_b": ub[1]}
-             for i, (p, c, sg, lk, mf, st, ua, ub) in enumerate(zip(
+              "v_a": ua[1], "u_b": ub[0], "v_b": ub[1], "sigma_u_a_px": sp[0],
+              "sigma_v_a_px": sp[1], "sigma_u_b_px": sp[2], "sigma_v_b_px": sp[3]}
+             for i, (p, c, sg, lk, mf, st, ua, ub, sp) in enumerate(zip(
                  m.points_mm, m.cle_mm, sig, m.likely, m.misfit, point_status, m.uv_a, m.uv_b,
-                 strict=True))]
+                 spx, strict=True))]
     views = [{"view": v["view"], "method": v["method"], "focus_x": v["focus"][0],
               "focus_y": v["focus"][1], "focus_z": v["focus"][2], "rms_px": v["rms_px"],
               "rms_mm": v["rms_mm"], "n_fiducials": v["n_fiducials"],
@@ -351,7 +358,9 @@ def _measurement_from_store(store, subject, exam_id, hashes, key) -> ExamMeasure
     return ExamMeasurement(subject, exam_id, col("x", "y", "z"), col("cle_mm")[:, 0],
                            col("u_a", "v_a"), col("u_b", "v_b"), np.zeros(len(beads), bool),
                            summary, hashes, key, {"resumed": 0.0}, col("sigma_mm")[:, 0],
-                           col("likely")[:, 0] == 1, col("misfit")[:, 0] == 1)
+                           col("likely")[:, 0] == 1, col("misfit")[:, 0] == 1,
+                           col("sigma_u_a_px", "sigma_v_a_px", "sigma_u_b_px",
+                               "sigma_v_b_px").reshape(-1, 2, 2))
 
 
 def _write_results(store, study, measurements, series, prec) -> dict[str, list[str]]:

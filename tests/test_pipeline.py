@@ -105,6 +105,10 @@ def test_resume_reuses_stored_exams(analysed):
     for key, m in result.measurements.items():   # point quality survives the store
         np.testing.assert_array_equal(again.measurements[key].likely, m.likely)
         np.testing.assert_array_equal(again.measurements[key].misfit, m.misfit)
+        # each view's centre σ (the triangulation's weights): positive, and stored exactly
+        assert m.sigma_px.shape == (len(m.cle_mm), 2, 2)
+        assert np.all(m.sigma_px > 0)
+        np.testing.assert_array_equal(again.measurements[key].sigma_px, m.sigma_px)
     a = result.series[0].motions["implant/tibia"].translation_mm
     b = again.series[0].motions["implant/tibia"].translation_mm
     # stored at full float precision (SQLite REAL) → identical motions

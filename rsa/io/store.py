@@ -39,7 +39,7 @@ from typing import Any
 from rsa.errors import InputError
 from rsa.io.atomic import atomic_write_text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES: dict[str, Sequence[tuple[str, str]]] = {
     "exams": (("exam_key", "TEXT PRIMARY KEY"), ("subject", "TEXT"), ("exam_id", "TEXT"),
@@ -56,7 +56,8 @@ _TABLES: dict[str, Sequence[tuple[str, str]]] = {
               ("status", "TEXT"), ("x", "REAL"), ("y", "REAL"), ("z", "REAL"),
               ("cle_mm", "REAL"), ("sigma_mm", "REAL"), ("likely", "INTEGER"),
               ("misfit", "INTEGER"), ("u_a", "REAL"), ("v_a", "REAL"),
-              ("u_b", "REAL"), ("v_b", "REAL")),
+              ("u_b", "REAL"), ("v_b", "REAL"), ("sigma_u_a_px", "REAL"),
+              ("sigma_v_a_px", "REAL"), ("sigma_u_b_px", "REAL"), ("sigma_v_b_px", "REAL")),
     "fits": (("exam_key", "TEXT"), ("segment", "TEXT"), ("rotation", "TEXT"),
              ("translation", "TEXT"), ("me_mm", "REAL"), ("cn", "REAL"),
              ("n_beads", "INTEGER"), ("n_reference", "INTEGER"), ("excluded", "TEXT")),
