@@ -140,10 +140,12 @@ def _gauss_newton_step(P: np.ndarray, x: np.ndarray, uv: np.ndarray, s: np.ndarr
 
 
 def _inv_or_nan(H: np.ndarray) -> np.ndarray:
-    """Inverse of each (3, 3) normal matrix; NaN where it is not finite or singular to working
-    precision (condition number ≥ 1e12)."""
+    """Inverse of each (3, 3) normal matrix; NaN where it is not finite or (nearly) singular:
+    det H ≤ 1e-12 (tr H / 3)³, i.e. its smallest eigenvalue below about 1e-12 of the others
+    (rays at an angle below about 1 µrad; H is positive semi-definite)."""
     finite = np.isfinite(H).all(axis=(1, 2))
     Hs = np.where(finite[:, None, None], H, np.eye(3))
-    bad = ~finite | ~(np.linalg.cond(Hs) < 1e12)
+    tr = np.trace(Hs, axis1=1, axis2=2) / 3.0
+    bad = ~finite | ~(np.linalg.det(Hs) > 1e-12 * tr ** 3)
     Hs = np.where(bad[:, None, None], np.eye(3), Hs)
     return np.where(bad[:, None, None], np.nan, np.linalg.inv(Hs))
