@@ -69,7 +69,7 @@ def triangulate_ml(projections: ArrayLike, uv_px: ArrayLike, sigma_px: ArrayLike
     Raises
     ------
     ShapeError
-        Shapes that do not fit together.
+        Shapes that do not fit together; non-finite or degenerate camera matrices.
 
     Notes
     -----
@@ -79,6 +79,11 @@ def triangulate_ml(projections: ArrayLike, uv_px: ArrayLike, sigma_px: ArrayLike
     P = np.asarray(projections, dtype=np.float64)
     if P.ndim != 3 or P.shape[1:] != (3, 4):
         raise ShapeError(f"Expected `projections` to have shape (K, 3, 4), got {P.shape}.")
+    M = P[:, :, :3]
+    if not np.isfinite(P).all() or not np.all(np.abs(np.linalg.det(M)) > 1e-12 * np.max(
+            np.abs(M), axis=(1, 2)) ** 3):
+        raise ShapeError("Expected `projections` to be finite camera matrices with an "
+                         "invertible left 3×3 block (a focus at finite distance).")
     K = P.shape[0]
     uv = as_points(uv_px, "uv_px", last=2, spec="(N, K, 2)")
     if uv.ndim != 3 or uv.shape[1] != K:

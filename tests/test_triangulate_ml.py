@@ -93,6 +93,10 @@ def test_batch_of_three_views_and_bad_shapes(rng):
         triangulate_ml(P2[:, :, :3], centres(x), np.ones((50, 2)))
     with pytest.raises(ShapeError, match=r"`uv_px` to have shape \(N, 2, 2\)"):
         triangulate_ml(P2, uv3, np.ones((50, 3)))
+    flat = P2.copy()
+    flat[0, :, :3] = 0.0
+    with pytest.raises(ShapeError, match=r"invertible left 3×3 block"):
+        triangulate_ml(flat, centres(x), np.ones((50, 2)))
     with pytest.raises(ShapeError, match=r"`sigma_px` to have shape"):
         triangulate_ml(P2, centres(x), np.ones((50, 3)))
     empty, ecov = triangulate_ml(P2, np.zeros((0, 2, 2)), np.zeros((0, 2)))
