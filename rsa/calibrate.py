@@ -45,6 +45,7 @@ from rsa._validate import as_points, readonly
 from rsa.errors import CalibrationError, EstimationError, ShapeError
 from rsa.identify import MarkerMatch, identify_markers, nominal_view
 from rsa.triangulate import intersect_rays
+from rsa.triangulate_ml import triangulate_ml
 
 __all__ = ["ExamCalibration", "View", "calibrate_exam", "calibrate_view",
            "calibration_uncertainty", "plot_calibration"]
@@ -364,15 +365,39 @@ class ExamCalibration:
     angle_deg: float
     focus_distance_mm: float
 
-    def triangulate(self, uv_a: ArrayLike, uv_b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    def triangulate(self, uv_a: ArrayLike, uv_b: ArrayLike, *,
+                    sigma_px: tuple[ArrayLike, ArrayLike] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """3D points (..., 3) mm and crossing-line errors (...) of corresponding image points.
 
-        `uv_a`, `uv_b` (..., 2) px are images of the same beads in views a and b
-        (:func:`rsa.triangulate.intersect_rays`).
+        `uv_a`, `uv_b` (..., 2) px are images of the same beads in views a and b. Without
+        ``sigma_px`` the point is the midpoint of the rays (:func:`rsa.triangulate.
+        intersect_rays`); with ``sigma_px = (σ_a, σ_b)``, each (..., 2) per axis or (...) px,
+        it weighs each view's centre by its uncertainty (:func:`rsa.triangulate_ml.
+        triangulate_ml`, as the pipeline does). The CLE is the rays' in both cases.
         """
         oa, da = self.a.rays(uv_a)
         ob, db = self.b.rays(uv_b)
-        return intersect_rays(oa, da, ob, db)
+        points, cle = intersect_rays(oa, da, ob, db)
+        if sigma_px is None:
+            return points, cle
+        shape = points.shape[:-1] + (2,)
+
+        def per_axis(sig, name):
+            sig = np.asarray(sig, dtype=float)
+            if sig.shape == shape[:-1]:
+                sig = np.repeat(sig[..., None], 2, axis=-1)
+            if sig.shape != shape:
+                raise ShapeError(f"Expected `sigma_px` {name} to have shape {shape} or "
+                                 f"{shape[:-1]}, got {sig.shape}.")
+            return sig
+
+        uv = np.stack([np.broadcast_to(u, shape) for u in (uv_a, uv_b)], axis=-2)
+        sig = np.stack([per_axis(s_, n) for s_, n in zip(sigma_px, "ab", strict=True)], axis=-2)
+        pts, _ = triangulate_ml(np.stack([self.a.projection_matrix, self.b.projection_matrix]),
+                                uv.reshape(-1, 2, 2), sig.reshape(-1, 2, 2))
+        pts = pts.reshape(points.shape)
+        return np.where(np.isfinite(pts), pts, points), cle
 
     def uncertainty(self, xyz_mm: ArrayLike, *, n_samples: int = 2000,
                     rng: np.random.Generator | int | None = None,

@@ -35,6 +35,7 @@ from rsa.calibrate import (
 from rsa.errors import CalibrationError, ShapeError
 from rsa.synthetic.geometry import look_at_view
 from rsa.triangulate import intersect_rays
+from rsa.triangulate_ml import triangulate_ml
 
 KW = {"pixel_spacing_mm": PIXEL_SPACING_MM, "image_shape": IMAGE_SHAPE}
 CAGES = {name: get_cage(name) for name in ("uniplanar", "biplanar")}
@@ -311,6 +312,17 @@ def test_intersect_consistency(calibrated):
     np.testing.assert_array_equal(p, p2)
     np.testing.assert_array_equal(cle, cle2)
     assert isinstance(cal.a, View)
+    # with each view's σ: the σ-weighted point of rsa.triangulate_ml, the same CLE
+    rng = np.random.default_rng(3)
+    sa, sb = rng.uniform(0.01, 0.5, len(ia)), rng.uniform(0.01, 0.5, (len(ia), 2))
+    p3, cle3 = cal.triangulate(exam.a.uv_px[ia], exam.b.uv_px[ib], sigma_px=(sa, sb))
+    P = np.stack([cal.a.projection_matrix, cal.b.projection_matrix])
+    uv = np.stack([exam.a.uv_px[ia], exam.b.uv_px[ib]], axis=1)
+    want, _ = triangulate_ml(P, uv, np.stack([np.repeat(sa[:, None], 2, 1), sb], axis=1))
+    np.testing.assert_array_equal(p3, want)
+    np.testing.assert_array_equal(cle3, cle)
+    with pytest.raises(ShapeError, match=r"`sigma_px` b to have shape"):
+        cal.triangulate(exam.a.uv_px[ia], exam.b.uv_px[ib], sigma_px=(sa, sb[:2]))
 
 
 def test_reuse_identification():
