@@ -43,6 +43,12 @@ class Correspondence:
     misfit: np.ndarray
     n_split: int
 
+    @property
+    def pair_sigma_px(self) -> np.ndarray:
+        """(M, 2, 2) each pair's centre σ per view (a, b) and axis (u, v), px: the weights
+        of its point (:func:`_weighted_points`)."""
+        return _per_pair(self.sigma_px, self.match.pairs)
+
 
 def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Beads2D], cal, *,
                pixel_spacing_mm, gate_mm: float, options: DetectOptions | None = None,
@@ -191,10 +197,13 @@ def _weighted_points(m: RayMatch, views, uv, sigma_px) -> RayMatch:
     if len(m) == 0:
         return m
     P = np.stack([v.projection_matrix for v in views])
-    idx = (m.pairs[:, 0], m.pairs[:, 1])
-    pts, _ = triangulate_ml(P, np.stack([u[i] for u, i in zip(uv, idx, strict=True)], axis=1),
-                            np.stack([s[i] for s, i in zip(sigma_px, idx, strict=True)], axis=1))
+    pts, _ = triangulate_ml(P, _per_pair(uv, m.pairs), _per_pair(sigma_px, m.pairs))
     return replace(m, points_mm=np.where(np.isfinite(pts), pts, m.points_mm))
+
+
+def _per_pair(rows: tuple[np.ndarray, np.ndarray], pairs: np.ndarray) -> np.ndarray:
+    """(M, 2, ...) the rows of view a's and view b's arrays that each pair joins."""
+    return np.stack([rows[0][pairs[:, 0]], rows[1][pairs[:, 1]]], axis=1)
 
 
 def _atypical(beads) -> np.ndarray:

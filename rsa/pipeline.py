@@ -159,7 +159,6 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
                      gate_mm=study.thresholds["gate_mm"], options=opts)
     m, sigma, misfit = cor.match, cor.sigma_mm, cor.misfit
     uv_a, uv_b = cor.uv_px
-    sig_px = np.stack([cor.sigma_px[0][m.pairs[:, 0]], cor.sigma_px[1][m.pairs[:, 1]]], axis=1)
     secs["match"] = time.perf_counter() - t
     summary = tuple({"view": v.name, "method": v.method_label, "focus": v.focus_mm.tolist(),
                      "rms_px": float(v.rms_px),
@@ -179,7 +178,7 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
                            uv_b[m.pairs[:, 1]], m.ambiguous, summary, hashes,
                            inputs_key(exam, study, hashes), secs, sigma, m.likely, misfit,
-                           sig_px)
+                           cor.pair_sigma_px)
 
 
 def _bead_sigma(m: ExamMeasurement, floor_mm: float = 0.005) -> np.ndarray:
