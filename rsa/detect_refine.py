@@ -141,21 +141,31 @@ def _kernels(centre: np.ndarray, sigma: np.ndarray, pix: np.ndarray, g: np.ndarr
     """Pixel-box ⊗ Gaussian kernel from the sub-grid to the window pixels, (N, W, G).
 
     ``pix`` (N, W) consecutive integer pixel centres, ``centre`` (N,) bead coordinate along the
-    axis. Returns K and, if ``derivs``, dK/dcentre and dK/dlog σ. The normal CDF is evaluated
-    once per pixel boundary (W + 1 of them) and differenced.
+    axis, ``g`` the sub-grid of :func:`_grid` (``arange(−n, n + 1) / sub``). Returns K and, if
+    ``derivs``, dK/dcentre and dK/dlog σ.
+
+    Entry (j, m) is Φ at pixel j's upper boundary minus Φ at its lower one, both at
+    ``(boundary − centre − g_m)/σ``. Boundaries are a pixel apart and the sub-grid is a
+    1/sub px lattice, so every argument is one of the (W·sub + 2n + 1) points
+    ``pix₀ − ½ − centre + (L + n)/sub`` with ``L = j·sub − m``: the normal CDF (and density) is
+    evaluated once on that lattice, ≈ 8× fewer points than the (W + 1)·G table at the usual
+    8 sub-samples, and the kernel gathered from it.
     """
-    edges = np.concatenate([pix - 0.5, pix[:, -1:] + 0.5], axis=1)      # (N, W+1)
-    s = sigma[:, None, None]
-    a = (edges[:, :, None] - centre[:, None, None] - g[None, None, :]) / s
+    n = (len(g) - 1) // 2
+    W = pix.shape[1]
+    lat = (np.arange(-2 * n, W * sub + 1) + n) / sub                 # (L + n)/sub, L = j·sub − m
+    s = sigma[:, None]
+    a = (pix[:, :1] - 0.5 - centre[:, None] + lat[None, :]) / s      # (N, W·sub + 2n + 1)
+    lower = np.arange(W)[:, None] * sub - np.arange(2 * n + 1)[None, :] + 2 * n   # (W, G)
     w = 1.0 / sub
     Phi = ndtr(a)
-    K = (Phi[:, 1:] - Phi[:, :-1]) * w
+    K = (Phi[:, sub:] - Phi[:, :-sub])[:, lower] * w
     if not derivs:
         return (K,)
     phi = np.exp(-0.5 * a * a) * (w / _SQRT2PI)
-    dK_dc = -(phi[:, 1:] - phi[:, :-1]) / s            # d/dcentre = −d/dx
+    dK_dc = -(phi[:, sub:] - phi[:, :-sub])[:, lower] / s[:, :, None]   # d/dcentre = −d/dx
     pa = phi * a
-    dK_dls = -(pa[:, 1:] - pa[:, :-1])                  # σ d/dσ
+    dK_dls = -(pa[:, sub:] - pa[:, :-sub])[:, lower]                  # σ d/dσ
     return K, dK_dc, dK_dls
 
 
