@@ -19,22 +19,17 @@ curvature free (``rsa.detect_refits.edge_refit``, tests/test_detect_curved_edge.
 
 import numpy as np
 import pytest
+from phantom_views import phantom_view
 
 from rsa.detect import detect_beads
-from rsa.synthetic.scene import build_scene
-from rsa.synthetic.study import render_exam_view
 
 SEED = 1
 
 
 @pytest.fixture(scope="module")
 def screw_view():
-    scene = build_scene("spine", setup="uniplanar", seed=SEED)
-    i, exam = next((i, e) for i, e in enumerate(scene.exams) if e.id == "M06")
-    j, view = next((j, v) for j, v in enumerate(exam.views) if v.name == "A")
-    rv = render_exam_view(scene, i, j, seed=SEED)       # as the study renders it
-    names = [f"{s.name}-{k + 1:02d}" for s in scene.segments for k in range(len(s.diameter_mm))]
-    bead = rv.uv_px[len(scene.cage.xyz_mm) + names.index("L5-05")]
+    _, view, rv, beads = phantom_view("spine", SEED, "M06", "A")
+    bead = beads["L5-05"]
     found = detect_beads(rv.image, pixel_spacing_mm=view.pixel_spacing_mm)
     return rv, bead, found
 

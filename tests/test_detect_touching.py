@@ -19,25 +19,19 @@ truth (σ 0.017, 0.016 px, flagged touching), the marker (0.014, −0.012) px fr
 
 import numpy as np
 import pytest
+from phantom_views import phantom_view
 
 from rsa.detect import detect_beads
-from rsa.synthetic.scene import build_scene
-from rsa.synthetic.study import render_exam_view
 
 SEED = 1
 
 
 @pytest.fixture(scope="module")
 def touching_view():
-    scene = build_scene("implant", setup="uniplanar", seed=SEED)
-    i, exam = next((i, e) for i, e in enumerate(scene.exams) if e.id == "REF")
-    j, view = next((j, v) for j, v in enumerate(exam.views) if v.name == "B")
-    rv = render_exam_view(scene, i, j, seed=SEED)       # as the study renders it
-    n_cage = len(scene.cage.xyz_mm)
-    uv = rv.uv_px
-    names = [f"{s.name}-{k + 1:02d}" for s in scene.segments for k in range(len(s.diameter_mm))]
-    bead = uv[n_cage + names.index("implant-01")]
-    marker = uv[:n_cage][np.argmin(np.linalg.norm(uv[:n_cage] - bead, axis=1))]
+    scene, view, rv, beads = phantom_view("implant", SEED, "REF", "B")
+    markers = rv.uv_px[:len(scene.cage.xyz_mm)]
+    bead = beads["implant-01"]
+    marker = markers[np.argmin(np.linalg.norm(markers - bead, axis=1))]
     return rv, view, bead, marker
 
 
