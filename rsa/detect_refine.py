@@ -148,8 +148,8 @@ def _kernels(centre: np.ndarray, sigma: np.ndarray, pix: np.ndarray, g: np.ndarr
     ``(boundary − centre − g_m)/σ``. Boundaries are a pixel apart and the sub-grid is a
     1/sub px lattice, so every argument is one of the (W·sub + 2n + 1) points
     ``pix₀ − ½ − centre + (L + n)/sub`` with ``L = j·sub − m``: the normal CDF (and density) is
-    evaluated once on that lattice, ≈ 8× fewer points than the (W + 1)·G table at the usual
-    8 sub-samples, and the kernel gathered from it.
+    evaluated once on that lattice, about 8× fewer points than the (W + 1)·G table for the
+    detector's windows, and the kernel gathered from it.
     """
     n = (len(g) - 1) // 2
     W = pix.shape[1]
