@@ -47,17 +47,23 @@ def build_views():
     return views
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1_000_000, help="number of bead pairs")
+def bench_setup(argv: list[str] | None, description: str, n_default: int):
+    """Arguments (``--n``, ``--repeats``, ``--seed``), their random generator, the two views
+    (:func:`build_views`) and ``n`` true bead positions in a 200 mm cube centred 150 mm in front
+    of the detector: the set-up the triangulation benchmarks share."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--n", type=int, default=n_default, help="number of bead pairs")
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats (best is reported)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-
     rng = np.random.default_rng(args.seed)
-    va, vb = build_views()
-    # 200 mm cube centred 150 mm in front of the detector
+    views = build_views()
     truth = rng.uniform(-100.0, 100.0, size=(args.n, 3)) + np.array([0.0, 0.0, 150.0])
+    return args, rng, views, truth
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, _, (va, vb), truth = bench_setup(argv, __doc__.splitlines()[0], 1_000_000)
     uv1, uv2 = va.project(truth), vb.project(truth)
     o1, d1 = va.rays(uv1)
     o2, d2 = vb.rays(uv2)

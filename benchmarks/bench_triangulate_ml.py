@@ -31,13 +31,12 @@ The speed ratio to cv2 is printed (rsa does more: iterations and covariances), n
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import cv2
 import numpy as np
 from _timing import best_of
-from bench_triangulate import build_views
+from bench_triangulate import bench_setup
 
 from rsa.triangulate import intersect_rays
 from rsa.triangulate_ml import triangulate_ml
@@ -46,16 +45,8 @@ TOL_MM = 1e-6
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200_000, help="number of bead pairs")
-    ap.add_argument("--repeats", type=int, default=5, help="timing repeats (best is reported)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-
-    rng = np.random.default_rng(args.seed)
-    va, vb = build_views()
+    args, rng, (va, vb), truth = bench_setup(argv, __doc__.splitlines()[0], 200_000)
     n = args.n
-    truth = rng.uniform(-100.0, 100.0, size=(n, 3)) + np.array([0.0, 0.0, 150.0])
     exact = np.stack([va.project(truth), vb.project(truth)], axis=1)      # (N, 2, 2)
     sig = np.empty((n, 2, 2))
     poor_a = np.arange(n) < n // 2
