@@ -403,6 +403,42 @@ def test_anatomy_is_deterministic_smooth_and_physical():
     assert (a == 0).any()  # direct exposure around it
 
 
+def test_anatomy_chords_at_every_pixel():
+    # 240 × 600 px of 0.25 mm: a 150 mm wide field with both bones' edges in it; both sizes
+    # are multiples of 3 and 8, so grid nodes of step 3 fall on pixel centres 1, 4, 7, ...
+    view = tube_view(shape=(240, 600), spacing=0.25)
+    fine = anatomy_attenuation(view, seed=3, chord_step=1)
+    three = anatomy_attenuation(view, seed=3, chord_step=3)
+    coarse = anatomy_attenuation(view, seed=3)
+    # the same map where a step-3 grid has its nodes (the bilinear upsampling is exact there;
+    # the two differ in float32 against float64 arithmetic only) ...
+    np.testing.assert_allclose(fine[1::3, 1::3], three[1::3, 1::3], rtol=0, atol=1e-4)
+    # ... and not in between, where the coarse grids interpolate the square-root rise of the
+    # bone edges linearly: kinks of more than 0.05 in Σμ·L
+    assert np.abs(fine - three).max() > 0.02
+    assert np.abs(fine - coarse).max() > 0.05
+    # the default is the coarse grid of every earlier rendering
+    np.testing.assert_array_equal(coarse, anatomy_attenuation(view, seed=3, chord_step=8))
+
+
+def test_anatomy_cache_returns_fresh_arrays():
+    view = tube_view(shape=(80, 96))
+    a = anatomy_attenuation(view, seed=4, chord_step=1)
+    a[:] = -1.0                      # the renderer adds implants into its map in place
+    b = anatomy_attenuation(view, seed=4, chord_step=1)
+    assert b.flags.writeable
+    assert b.min() >= 0
+    assert np.any(b != anatomy_attenuation(view, seed=5, chord_step=1))
+
+
+@pytest.mark.parametrize("step", [0, 1.5, -8])
+def test_anatomy_chord_step_must_be_a_positive_integer(step):
+    with pytest.raises(ShapeError, match="chord_step"):
+        anatomy_attenuation(tube_view(shape=(40, 40)), chord_step=step)
+    with pytest.raises(ShapeError, match="anatomy_chord_step"):
+        RenderOptions(anatomy_chord_step=step)
+
+
 # -- validation ------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("centres", "radii", "match"), [
