@@ -59,6 +59,17 @@ implied SD owes to knowing them (on the spine phantom: median 1.01, 95th percent
 bound is infinite keeps its centre-only bound): on the spine phantom within 5 % of the implied
 SD, so the bound's knowledge of the anatomy and implants explains none of the excess.
 
+``--noise-free`` (diagnostic, not checked; ≈ +30 s per seed): the same studies rendered without
+noise (``RenderOptions(noise=False)``, the same anatomy, poses and repositioning) and analysed the
+same way. Their double-exam differences are the part of the observed ones that no noise causes:
+the detector's deterministic error for each bead's surroundings (anatomy and implant edges, a
+neighbouring bead), which changes with the repositioning between the two exams. Printed as
+*noise-free RMS* (the truth is zero).
+
+``--anatomy-chord-step N`` renders the anatomy with its chords evaluated on an N px grid
+(``RenderOptions.anatomy_chord_step``; 1: the exact square-root rise of every bone edge; the default
+is that of the bundled studies).
+
 ``--implied pipeline`` (previous method, circular: it relies on the pipeline's own per-bead σ):
 the analysis repeated on the measured 3D beads perturbed by their propagated uncertainty (from
 the detector's ``sigma_px`` via ``rsa.correspond._triangulation_sigma``, isotropic σ/√3 per axis).
@@ -76,6 +87,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +269,11 @@ def main() -> int:
     ap.add_argument("--variant", default="implant")
     ap.add_argument("--mc", type=int, default=40)
     ap.add_argument("--implied", choices=("crlb", "pipeline"), default="crlb")
+    ap.add_argument("--noise-free", action="store_true",
+                    help="also analyse noise-free renders of the same studies (diagnostic)")
+    ap.add_argument("--anatomy-chord-step", type=int,
+                    default=RenderOptions.anatomy_chord_step,
+                    help="grid step (px) of the anatomy's chords (1: exact bone edges)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rsa-precision-") as tmp:   # ≈ 0.4 GB per seed
         return run(args, Path(tmp))
@@ -264,18 +281,25 @@ def main() -> int:
 
 def run(args: argparse.Namespace, base: Path) -> int:
     rng = np.random.default_rng(0)
-    observed, implied, det_only = [], [], []
+    observed, implied, det_only, noise_free = [], [], [], []
     stats = {"crlb_s": 0.0, "mc_s": 0.0, "pipeline_s": 0.0, "false_3d": 0, "no_bound": 0,
              "beads": 0, "overlap": 0, "sigma_px": [], "sigma_3d": [], "err_px": [], "err_z": [],
              "nuisance": [], "implied_n": []}
     t_start = time.perf_counter()
     for seed in range(args.seeds):
         t0 = time.perf_counter()
+        ro = RenderOptions(background_seed=seed, anatomy_chord_step=args.anatomy_chord_step)
         study = write_study(base / f"s{seed}", setup=args.setup, variant=args.variant,
-                            seed=seed)
+                            seed=seed, render_options=ro)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RsaWarning)
             res = analyse_study(study / "study.toml", base / f"r{seed}", resume=False)
+            if args.noise_free:
+                nf = write_study(base / f"n{seed}", setup=args.setup, variant=args.variant,
+                                 seed=seed, render_options=replace(ro, noise=False))
+                res_nf = analyse_study(nf / "study.toml", base / f"q{seed}", resume=False)
+                noise_free += [double_exam_differences(s, res_nf.study.motions[0])[0]
+                               for s in res_nf.series]
         stats["pipeline_s"] += time.perf_counter() - t0
         spec = res.study.motions[0]
         for subj, series in zip(res.study.subjects, res.series, strict=True):
@@ -335,18 +359,26 @@ def run(args: argparse.Namespace, base: Path) -> int:
               f"{err[:, 1].mean():+.4f}); RMS of error / CRLB σ: u {_rms(z[:, 0]):.2f}, "
               f"v {_rms(z[:, 1]):.2f} (1 = at the bound; median |error| / σ "
               f"{np.median(np.abs(z)):.2f}, 95th percentile {np.percentile(np.abs(z), 95):.1f})")
+    rms_nf = np.full(6, np.nan)
+    if noise_free:
+        nf = np.concatenate(noise_free)
+        nf = nf[np.all(np.isfinite(nf), 1)]
+        rms_nf = np.sqrt(np.mean(nf ** 2, axis=0)) if len(nf) else rms_nf
+        print(f"noise-free renders: n = {len(nf)} double exams")
     sd_n = np.full(6, np.nan)
     if stats["implied_n"]:
         imp_n = np.concatenate(stats["implied_n"])
         sd_n = np.sqrt(np.mean(imp_n[np.all(np.isfinite(imp_n), 1)] ** 2, axis=0))
     print(f"{'component':<10}{'observed SD':>13}{'± obs':>9}{'implied SD':>13}{'ratio':>8}"
-          + (f"{'2D-only SD':>12}{'implied(n)':>12}{'ratio(n)':>10}" if det_only else ""))
+          + (f"{'2D-only SD':>12}{'implied(n)':>12}{'ratio(n)':>10}" if det_only else "")
+          + (f"{'noise-free RMS':>16}" if noise_free else ""))
     for k, c in enumerate(COMPONENTS):
         unit = "mm" if k < 3 else "deg"
         print(f"{c + ' (' + unit + ')':<10}{sd_obs[k]:>13.4f}{rel * sd_obs[k]:>9.4f}"
               f"{sd_imp[k]:>13.4f}{ratio[k]:>8.2f}"
               + (f"{sd_det[k]:>12.4f}{sd_n[k]:>12.4f}{sd_obs[k] / sd_n[k]:>10.2f}"
-                 if det_only else ""))
+                 if det_only else "")
+              + (f"{rms_nf[k]:>16.4f}" if noise_free else ""))
     if det_only:
         print("2D-only SD: the pipeline's detected 2D centres triangulated through the TRUE "
               "geometry (no calibration error), same fits and weights; implied(n): the implied "
