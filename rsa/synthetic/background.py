@@ -59,9 +59,9 @@ def anatomy_attenuation(view: DetectorView, *, seed: int = 0, downsample: int = 
         upsampled bilinearly.
     chord_step : int
         Grid step in pixels of the chords through the limb and the cortical tubes (1: every
-        pixel, ≈ 1 s for 3000 × 3000). Their edges rise like the square root of the distance
-        inside; sampled on a coarser grid and upsampled bilinearly they get kinks, up to 0.18
-        in ``Σ μ·L`` at step 8 along every bone edge, structure that no radiograph has. With
+        pixel, about a second for 3000 × 3000). Their edges rise like the square root of the
+        distance inside; sampled on a coarser grid and upsampled bilinearly they get kinks, up
+        to 0.18 in ``Σ μ·L`` at step 8 along every bone edge, structure no radiograph has. With
         ``chord_step`` equal to ``downsample`` (the default) the whole map is computed on that
         grid in double precision and upsampled once, as in every earlier version.
 
@@ -84,7 +84,7 @@ def anatomy_attenuation(view: DetectorView, *, seed: int = 0, downsample: int = 
 def _anatomy(rows: int, cols: int, su: float, sv: float, name: str, seed: int, f: int,
              step: int) -> np.ndarray:
     """The map of :func:`anatomy_attenuation` (cached: the CRLB of a view renders it dozens of
-    times, and at every pixel it takes ≈ 0.6 s for 3000 × 3000)."""
+    times, and at every pixel it takes about a second for 3000 × 3000)."""
     rng = np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(name.encode())])
     # full resolution in single precision (speed); a coarse grid in double, as it always was
     dt = np.float32 if step == 1 else np.float64
