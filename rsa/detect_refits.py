@@ -579,6 +579,14 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     # each bead of the pair must pass the detector's own SNR test (peak blocked fraction times
     # amplitude over the pixel noise)
     noise = np.sqrt(red)
+    # window noise of the pairs and of the typical beads; a window without any (MAD 0: an
+    # exactly smooth, e.g. noise-free synthetic, image) takes the least seen in any of them,
+    # and with none anywhere the misfits compare as they are (not as 0/0)
+    n_pair, n_typ = window_noise(dat, ins), window_noise(data[typ], inside[typ])
+    seen = np.concatenate([n_pair, n_typ])
+    seen = seen[np.isfinite(seen) & (seen > 0)]
+    floor = seen.min() if seen.size else 1.0
+    n_pair, n_typ = np.maximum(n_pair, floor), np.maximum(n_typ, floor)
     snr_a = pa[:, IA] * blocked(pa, u_, v_, setup).reshape(len(idx), -1).max(1) / noise
     snr_b = pb[:, IA] * blocked(pb, u_, v_, setup).reshape(len(idx), -1).max(1) / noise
     ok = ((gain > _SPLIT_CHI2) & np.isfinite(gain)
@@ -588,8 +596,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
           & (np.hypot(*(pa[:, [IU, IV]] - pb[:, [IU, IV]]).T) >= 0.5 * r_typ)
           # and the pair must explain its window as well as a typical bead fit explains its
           # own (structure such as a screw tip also drops χ² when split, but stays misfitted)
-          & (red / window_noise(dat, ins)
-             <= max_chi2 * float(np.median(r.chi2_red[typ] / window_noise(data[typ], inside[typ]))))
+          & (red / n_pair <= max_chi2 * float(np.median(r.chi2_red[typ] / n_typ)))
           & (pa[:, IA] > 0.5 * a_typ) & (pa[:, IA] < 2.0 * a_typ)
           & (pb[:, IA] > 0.5 * a_typ) & (pb[:, IA] < 2.0 * a_typ))
     if not ok.any():
