@@ -59,11 +59,11 @@ implied SD owes to knowing them (on the spine phantom: median 1.01, 95th percent
 bound is infinite keeps its centre-only bound): on the spine phantom within 5 % of the implied
 SD, so the bound's knowledge of the anatomy and implants explains none of the excess.
 
-``--noise-free`` (diagnostic, not checked; ≈ +30 s per seed): the same studies rendered without
-noise (``RenderOptions(noise=False)``, the same anatomy, poses and repositioning) and analysed the
-same way. Their double-exam differences are the part of the observed ones that no noise causes:
-the detector's deterministic error for each bead's surroundings (anatomy and implant edges, a
-neighbouring bead), which changes with the repositioning between the two exams. Printed as
+``--noise-free`` (diagnostic, not checked; ≈ +20 s per spine seed): the same studies rendered
+without noise (``RenderOptions(noise=False)``, the same anatomy, poses and repositioning) and
+analysed the same way. Their double-exam differences are the part of the observed ones that no
+noise causes: the detector's deterministic error for each bead's surroundings (anatomy and implant
+edges, a neighbouring bead), which changes with the repositioning between the two exams. Printed as
 *noise-free RMS* (the truth is zero).
 
 ``--anatomy-chord-step N`` renders the anatomy with its chords evaluated on an N px grid

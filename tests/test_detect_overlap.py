@@ -184,7 +184,7 @@ def test_split_pairs_found(overlap_scene):
 
 
 def test_split_on_a_noise_free_image():
-    # the same scene without noise: every window's noise estimate is 0 (an exactly smooth
+    # the same scene without noise: windows whose noise estimate is 0 (an exactly smooth
     # image), which the split's misfit test divided by (RuntimeWarning; its outcome then hung on
     # how inf and NaN compare); the least noise seen stands in, and the pairs split as with noise
     rv, _ = _scene(SEED, noise=False)
