@@ -30,6 +30,12 @@ def check_finite(arr: np.ndarray, name: str) -> None:
         raise ShapeError(f"Expected `{name}` to be finite, found NaN or inf.")
 
 
+def check_positive_int(value, name: str) -> None:
+    """Raise ShapeError unless `value` is a positive integer (an int or an integral float)."""
+    if int(value) != value or value < 1:
+        raise ShapeError(f"Expected `{name}` to be a positive integer, got {value!r}.")
+
+
 def readonly(arr: np.ndarray) -> np.ndarray:
     """Return `arr` flagged read-only (for frozen result objects)."""
     arr = np.asarray(arr)

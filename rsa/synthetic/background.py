@@ -29,7 +29,7 @@ import zlib
 import cv2
 import numpy as np
 
-from rsa.errors import ShapeError
+from rsa._validate import check_positive_int, readonly
 from rsa.synthetic.geometry import DetectorView
 from rsa.synthetic.materials import MU_CORTICAL_BONE_PER_MM, MU_WATER_PER_MM
 
@@ -71,9 +71,8 @@ def anatomy_attenuation(view: DetectorView, *, seed: int = 0, downsample: int = 
         Dimensionless line integral; 0 outside the limb (direct exposure). A new array on
         each call (maps are cached per view geometry and seed).
     """
-    for name, val in (("downsample", downsample), ("chord_step", chord_step)):
-        if int(val) != val or val < 1:
-            raise ShapeError(f"Expected `{name}` to be a positive integer, got {val!r}.")
+    check_positive_int(downsample, "downsample")
+    check_positive_int(chord_step, "chord_step")
     rows, cols = view.shape
     su, sv = (float(s) for s in view.pixel_spacing_mm)
     return _anatomy(int(rows), int(cols), su, sv, view.name, int(seed), int(downsample),
@@ -153,6 +152,4 @@ def _anatomy(rows: int, cols: int, su: float, sv: float, name: str, seed: int, f
     bone = cortical + dt(0.25) * canal
     att = dt(MU_WATER_PER_MM) * np.maximum(soft - bone, 0.0) + dt(MU_CORTICAL_BONE_PER_MM) * bone
     att *= soft > 0  # no bone outside the limb
-    out = resize(att, (rows, cols)).astype(np.float32)
-    out.flags.writeable = False
-    return out
+    return readonly(resize(att, (rows, cols)).astype(np.float32))

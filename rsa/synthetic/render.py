@@ -60,7 +60,7 @@ import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
-from rsa._validate import as_points, check_finite, readonly
+from rsa._validate import as_points, check_finite, check_positive_int, readonly
 from rsa.errors import ShapeError
 from rsa.synthetic.background import anatomy_attenuation
 from rsa.synthetic.chords import _capsule_chords
@@ -167,9 +167,7 @@ class RenderOptions:
 
     def __post_init__(self) -> None:
         for name in ("supersample", "anatomy_chord_step"):
-            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
-                raise ShapeError(f"Expected `{name}` to be a positive integer, got "
-                                 f"{getattr(self, name)!r}.")
+            check_positive_int(getattr(self, name), name)
         if not 8 <= int(self.bit_depth) <= 16 or int(self.bit_depth) != self.bit_depth:
             raise ShapeError(f"Expected `bit_depth` to be an integer in 8..16, got "
                              f"{self.bit_depth!r}.")
