@@ -160,6 +160,34 @@ def test_same_seed_identical_bytes(study, tmp_path):
     assert a["S01/REF_A.dcm"] != b["S01/REF_A.dcm"]
 
 
+def test_noise_draw_changes_only_the_noise(study, tmp_path):
+    """Another noise draw: same subject, geometry and anatomy, independent image noise."""
+    out, _ = study
+    other = write_study(tmp_path / "draw", setup="uniplanar", seed=11, variant="implant",
+                        noise_draw=1, **SMALL)
+    t0 = json.loads((out / "truth.json").read_text(encoding="utf-8"))
+    t1 = json.loads((other / "truth.json").read_text(encoding="utf-8"))
+    assert (t0["noise_draw"], t1["noise_draw"]) == (0, 1)
+    assert {**t0, "noise_draw": 1} == t1          # every true position and motion alike
+    a = pydicom.dcmread(out / "S01/REF_A.dcm").pixel_array.astype(float)
+    b = pydicom.dcmread(other / "S01/REF_A.dcm").pixel_array.astype(float)
+    d = a - b
+    assert np.any(d != 0)
+    # independent draws: the difference of two noisy images of the same scene has no
+    # structure left (no bead, no edge): its pixels are as uncorrelated with the image as noise
+    assert abs(np.corrcoef(d.ravel(), (a + b).ravel())[0, 1]) < 0.1
+    # and draw 0 is the stream of every earlier study
+    assert _files(write_study(tmp_path / "zero", setup="uniplanar", seed=11, variant="implant",
+                              noise_draw=0, **SMALL)) == _files(out)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_noise_draw_must_be_a_non_negative_integer(tmp_path, bad):
+    with pytest.raises(InputError, match="noise_draw"):
+        write_study(tmp_path / "bad", seed=11, noise_draw=bad, **SMALL)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_biplanar_spine_side_by_side(tmp_path):
     out = write_study(tmp_path, setup="biplanar", variant="spine", seed=2, side_by_side=True,
                       photometric="MONOCHROME1", **SMALL)

@@ -222,22 +222,34 @@ def exam_spheres(scene: Scene, exam: Exam) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_exam_view(scene: Scene, exam_index: int, view_index: int, *, seed: int,
-                     options: RenderOptions | None = None):
-    """View ``view_index`` of exam ``exam_index`` as :func:`write_study` renders it for ``seed``:
-    its render options (unless ``options`` are given) and its noise stream. Returns the
-    :class:`rsa.synthetic.render.RenderedView`."""
+                     options: RenderOptions | None = None, noise_draw: int = 0):
+    """View ``view_index`` of exam ``exam_index`` as :func:`write_study` renders it for ``seed``
+    and ``noise_draw``: its render options (unless ``options`` are given) and its noise stream.
+    Returns the :class:`rsa.synthetic.render.RenderedView`."""
     exam = scene.exams[exam_index]
     centres, radii = exam_spheres(scene, exam)
     return render_view(exam.views[view_index], centres, radii,
                        capsules=scene.exam_capsules(exam),
                        options=options or RenderOptions(background_seed=int(seed)),
-                       rng=np.random.default_rng([int(seed), 2, exam_index, view_index]))
+                       rng=np.random.default_rng(_noise_key(seed, exam_index, view_index,
+                                                            noise_draw)))
+
+
+def _noise_key(seed: int, exam_index: int, view_index: int, noise_draw: int) -> list[int]:
+    """Seed sequence of a view's image noise; draw 0 is the stream of every earlier version."""
+    if (isinstance(noise_draw, bool) or not isinstance(noise_draw, (int, np.integer))
+            or noise_draw < 0):
+        raise InputError(f"Expected `noise_draw` to be a non-negative integer, got "
+                         f"{noise_draw!r}.")
+    key = [int(seed), 2, exam_index, view_index]
+    return key + [int(noise_draw)] if noise_draw else key
 
 
 def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int = 0,
                 variant: str | os.PathLike = "implant", side_by_side: bool = False,
                 photometric: str = "MONOCHROME2", pixel_spacing_mm: float | None = None,
                 detector_px: int | None = None, render_options: RenderOptions | None = None,
+                noise_draw: int = 0,
                 progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Simulate a phantom study and write it to the directory `path`.
 
@@ -259,6 +271,10 @@ def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int 
         Override the definition's detector (e.g. a coarse detector for fast tests).
     render_options : RenderOptions, optional
         Defaults to ``RenderOptions(background_seed=seed)``.
+    noise_draw : int, optional
+        Which realisation of the image noise (default 0, the seed's own): the same subject,
+        exams, anatomy and geometry with independent noise, e.g. for the spread of a result
+        over noise alone. Recorded in ``truth.json``.
     progress : callable(done, total, description), optional
         Called after every rendered view and file.
 
@@ -274,6 +290,7 @@ def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int 
     """
     if setup not in SETUPS and not Path(setup).suffix == ".json":
         raise InputError(f"Unknown setup {setup!r}; expected one of {', '.join(SETUPS)}.")
+    _noise_key(seed, 0, 0, noise_draw)          # validated before anything is written
     out = Path(path)
     scene = build_scene(variant, setup=setup, seed=int(seed), pixel_spacing_mm=pixel_spacing_mm,
                         detector_px=detector_px)
@@ -296,7 +313,8 @@ def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int 
         centres, radii = exam_spheres(scene, exam)
         rendered = {}
         for j, view in enumerate(exam.views):
-            rendered[view.name] = render_exam_view(scene, i, j, seed=seed, options=options)
+            rendered[view.name] = render_exam_view(scene, i, j, seed=seed, options=options,
+                                                   noise_draw=noise_draw)
             tick(f"{exam.id}: rendered view {view.name}")
         when = _date(scene, exam)
         study_uid = str(generate_uid(entropy_srcs=["rsa-phantom", str(seed), scene.study_id,
@@ -334,6 +352,7 @@ def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int 
     tick("manifest written")
     truth = {
         "format": TRUTH_FORMAT, "software": f"rsa {__version__}", "seed": int(seed),
+        "noise_draw": int(noise_draw),
         "study_id": scene.study_id, "subject_id": scene.subject_id, "setup": setup,
         "variant": scene.variant, "region": scene.region,
         "cage": {"name": cage.name, "source": cage_ref, "ids": cage.ids.tolist(),
