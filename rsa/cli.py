@@ -68,6 +68,9 @@ def phantom(
     side_by_side: bool = typer.Option(
         False, "--side-by-side", help="One DICOM per exam holding both views (left A, right B)."),
     monochrome1: bool = typer.Option(False, "--monochrome1", help="Write MONOCHROME1 images."),
+    noise_draw: int = typer.Option(
+        0, "--noise-draw",
+        help="Image-noise realisation: the same study with independent noise (0: the seed's own)."),
 ) -> None:
     """Simulate a phantom RSA study: DICOM radiographs, study.toml manifest and truth.json."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -87,7 +90,7 @@ def phantom(
         path = write_study(out_dir, setup=setup, seed=seed, variant=variant,
                            side_by_side=side_by_side,
                            photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2",
-                           progress=report)
+                           noise_draw=noise_draw, progress=report)
     except RsaError as exc:
         if bar.live.is_started:
             bar.stop()

@@ -235,6 +235,15 @@ def test_cli_phantom(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "y" / "study.toml").is_file()
     assert pydicom.dcmread(tmp_path / "y" / "S01" / "REF_A.dcm").Rows == 300
+    # another noise draw of the same study; a negative one is bad input (exit 2, one line)
+    res = runner.invoke(app, ["phantom", str(tmp_path / "z"), "--variant", str(defn),
+                              "--seed", "3", "--noise-draw", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "z" / "truth.json").read_text())["noise_draw"] == 2
+    res = runner.invoke(app, ["phantom", str(tmp_path / "w"), "--noise-draw", "-1"])
+    assert res.exit_code == 2
+    assert "noise_draw" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_image_overlaps():
