@@ -2,7 +2,7 @@
 (issue 7: "double-exam 95 % limits within 1.5× those implied by the injected noise").
 
 Run: ``python benchmarks/bench_precision.py [--seeds 4] [--setup uniplanar] [--variant implant]
-[--mc 40] [--implied crlb|pipeline]``
+[--mc 40] [--implied crlb|pipeline] [--noise-draws 1] [--anatomy-chord-step 8]``
 
 Each seed is one phantom subject (bead placement, exam geometry, repositioning and image noise
 all differ); the bundled definition gives every follow-up a double exam, so ``--seeds 4`` pools
