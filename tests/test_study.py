@@ -169,8 +169,10 @@ def test_noise_draw_changes_only_the_noise(study, tmp_path):
     t1 = json.loads((other / "truth.json").read_text(encoding="utf-8"))
     assert (t0["noise_draw"], t1["noise_draw"]) == (0, 1)
     assert {**t0, "noise_draw": 1} == t1          # every true position and motion alike
-    a = pydicom.dcmread(out / "S01/REF_A.dcm").pixel_array.astype(float)
-    b = pydicom.dcmread(other / "S01/REF_A.dcm").pixel_array.astype(float)
+    da, db = pydicom.dcmread(out / "S01/REF_A.dcm"), pydicom.dcmread(other / "S01/REF_A.dcm")
+    for tag in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert getattr(da, tag) != getattr(db, tag)      # another image, another identity
+    a, b = da.pixel_array.astype(float), db.pixel_array.astype(float)
     d = a - b
     assert np.any(d != 0)
     # independent draws: the difference of two noisy images of the same scene has no

@@ -317,8 +317,10 @@ def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int 
                                                    noise_draw=noise_draw)
             tick(f"{exam.id}: rendered view {view.name}")
         when = _date(scene, exam)
+        # another noise draw is another image: its own UIDs (draw 0 keeps the earlier ones)
+        draw = [f"noise-draw-{noise_draw}"] if noise_draw else []
         study_uid = str(generate_uid(entropy_srcs=["rsa-phantom", str(seed), scene.study_id,
-                                                   scene.subject_id, exam.id]))
+                                                   scene.subject_id, exam.id, *draw]))
         common = {"photometric": photometric, "bits_stored": options.bit_depth,
                   "patient_id": f"PHANTOM-{scene.subject_id}", "study_uid": study_uid,
                   "acquisition_datetime": when, "seed": int(seed),
