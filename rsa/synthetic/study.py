@@ -235,12 +235,16 @@ def render_exam_view(scene: Scene, exam_index: int, view_index: int, *, seed: in
                                                             noise_draw)))
 
 
-def _noise_key(seed: int, exam_index: int, view_index: int, noise_draw: int) -> list[int]:
-    """Seed sequence of a view's image noise; draw 0 is the stream of every earlier version."""
+def _check_noise_draw(noise_draw) -> None:
     if (isinstance(noise_draw, bool) or not isinstance(noise_draw, (int, np.integer))
             or noise_draw < 0):
         raise InputError(f"Expected `noise_draw` to be a non-negative integer, got "
                          f"{noise_draw!r}.")
+
+
+def _noise_key(seed: int, exam_index: int, view_index: int, noise_draw: int) -> list[int]:
+    """Seed sequence of a view's image noise; draw 0 is the stream of every earlier version."""
+    _check_noise_draw(noise_draw)
     key = [int(seed), 2, exam_index, view_index]
     return key + [int(noise_draw)] if noise_draw else key
 
@@ -290,7 +294,7 @@ def write_study(path: str | os.PathLike, *, setup: str = "uniplanar", seed: int 
     """
     if setup not in SETUPS and not Path(setup).suffix == ".json":
         raise InputError(f"Unknown setup {setup!r}; expected one of {', '.join(SETUPS)}.")
-    _noise_key(seed, 0, 0, noise_draw)          # validated before anything is written
+    _check_noise_draw(noise_draw)               # before anything is written
     out = Path(path)
     scene = build_scene(variant, setup=setup, seed=int(seed), pixel_spacing_mm=pixel_spacing_mm,
                         detector_px=detector_px)
