@@ -32,7 +32,11 @@ def check_finite(arr: np.ndarray, name: str) -> None:
 
 def check_positive_int(value, name: str) -> None:
     """Raise ShapeError unless `value` is a positive integer (an int or an integral float)."""
-    if int(value) != value or value < 1:
+    try:
+        bad = isinstance(value, (bool, str)) or int(value) != value or value < 1
+    except (TypeError, ValueError, OverflowError):      # None, NaN, inf, other objects
+        bad = True
+    if bad:
         raise ShapeError(f"Expected `{name}` to be a positive integer, got {value!r}.")
 
 

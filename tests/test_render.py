@@ -431,7 +431,7 @@ def test_anatomy_cache_returns_fresh_arrays():
     assert np.any(b != anatomy_attenuation(view, seed=5, chord_step=1))
 
 
-@pytest.mark.parametrize("step", [0, 1.5, -8])
+@pytest.mark.parametrize("step", [0, 1.5, -8, "8", None, float("nan")])
 def test_anatomy_chord_step_must_be_a_positive_integer(step):
     with pytest.raises(ShapeError, match="chord_step"):
         anatomy_attenuation(tube_view(shape=(40, 40)), chord_step=step)
