@@ -289,13 +289,22 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     J[:, ILK] = Ad * ((Kv[0] @ Sd[1]) @ KuT)
     J[:, ILC] = A * dht
     J[:, IA] = h
+    background_jacobian(p, du, dv, edge if p.shape[1] > NPAR else None, J)
+    return model, J
+
+
+def background_jacobian(p: np.ndarray, du: np.ndarray, dv: np.ndarray,
+                        edge: tuple | None, J: np.ndarray) -> None:
+    """Fill the rows of the background parameters (quadratic, and the edge term's with
+    ``edge`` = :func:`edge_profile`'s output) of the Jacobian ``J`` (N, P, W, W) in place."""
+    shape = J.shape[:1] + J.shape[2:]
     J[:, IB0] = 1.0
-    J[:, IBU] = np.broadcast_to(du, model.shape)
-    J[:, IBV] = np.broadcast_to(dv, model.shape)
-    J[:, IBUU] = np.broadcast_to(du * du, model.shape) * _QS
+    J[:, IBU] = np.broadcast_to(du, shape)
+    J[:, IBV] = np.broadcast_to(dv, shape)
+    J[:, IBUU] = np.broadcast_to(du * du, shape) * _QS
     J[:, IBUV] = du * dv * _QS
-    J[:, IBVV] = np.broadcast_to(dv * dv, model.shape) * _QS
-    if p.shape[1] > NPAR:
+    J[:, IBVV] = np.broadcast_to(dv * dv, shape) * _QS
+    if edge is not None:
         Phi, phi_w, z, (s_t, s_d, s_k, _, _) = edge
         sphi = p[:, IEA, None, None] * phi_w
         J[:, IEA] = Phi
@@ -303,7 +312,6 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
         J[:, IED] = sphi * s_d
         J[:, IEW] = -sphi * z * np.exp(p[:, IEW])[:, None, None]     # ∂z/∂log w = −z
         J[:, IEK] = sphi * s_k
-    return model, J
 
 
 def _clip(p: np.ndarray, setup: FitSetup) -> np.ndarray:

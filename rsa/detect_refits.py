@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import convolve1d
 
 from rsa.detect_refine import (
     _QS,
@@ -34,6 +35,7 @@ from rsa.detect_refine import (
     IET,
     IEW,
     ILC,
+    ILK,
     ILS,
     IR,
     IU,
@@ -43,7 +45,9 @@ from rsa.detect_refine import (
     FitResult,
     FitSetup,
     _clip,
+    _display,
     background,
+    background_jacobian,
     edge_profile,
     fit,
     linear_init,
@@ -368,34 +372,123 @@ PAIR_BEAD = (IU, IV, IR, IE1, IE2, ILS, IA)   # parameters of the second bead of
 
 def pair_weights(qa: np.ndarray, qb: np.ndarray, inside: np.ndarray, pu: np.ndarray,
                  pv: np.ndarray, setup: FitSetup,
-                 variance: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+                 variance: Callable[[np.ndarray], np.ndarray],
+                 detector_blur: float | None = None) -> np.ndarray:
     """Pixel weights (N, W, W) of two beads ``qa``, ``qb`` sharing a window: the relative
     variance ``variance(t)`` at the transmission t both leave, inflated beyond the rim of
-    either (the smaller of their tapers)."""
-    t = np.clip(1.0 - blocked(qa, pu, pv, setup) - blocked(qb, pu, pv, setup), 1e-6, 1.0)
+    either (the smaller of their tapers). t is that of the joint model of :func:`_pair_model`
+    with ``detector_blur``, else 1 − B_a − B_b."""
+    if detector_blur is None:
+        t = 1.0 - blocked(qa, pu, pv, setup) - blocked(qb, pu, pv, setup)
+    else:
+        t = _joint_transmission(qa, qb, pu, pv, setup, detector_blur, False)[0]
+    t = np.clip(t, 1e-6, 1.0)
     return inside / (variance(t) * np.minimum(taper(qa, pu, pv), taper(qb, pu, pv)))
 
 
-def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
-                setup: FitSetup, jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model of bead A with its background plus bead B (no background), and the Jacobian in
-    [all of A's parameters, B's bead parameters :data:`PAIR_BEAD`], (N, P + 7, W, W)."""
-    cu, cv = pu[:, setup.half], pv[:, setup.half]
-    ma, ja = model_and_jacobian(pa, pu, pv, cu, cv, setup, jac=jac)
-    q = pb.copy()
+def _pixel_blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of σ ``sigma`` px over the last two (pixel) axes of ``x``; the window's
+    edge values continue beyond it."""
+    if sigma <= 0.0:
+        return x
+    half = int(np.ceil(3.0 * sigma))
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    k /= k.sum()
+    return convolve1d(convolve1d(x, k, axis=-1, mode="nearest"), k, axis=-2, mode="nearest")
+
+
+def _focal(p: np.ndarray, detector_blur: float) -> tuple[np.ndarray, np.ndarray]:
+    """Beads ``p`` as :func:`blocked` models them, with the blur before the detector only:
+    σ_f² = σ² − σ_d² (σ_f at least 0.1 σ); and ∂ log σ_f / ∂ log σ, (N,)."""
+    q = p.copy()
     q[:, linear_params(q.shape[1])] = 0.0
-    q[:, IA] = pb[:, IA]
-    mb, jb = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=jac)
+    q[:, IA] = 1.0
+    q[:, ILC] = 0.0
+    s2 = np.exp(2.0 * p[:, ILS])
+    f2 = np.maximum(s2 - detector_blur ** 2, 0.01 * s2)
+    q[:, ILS] = 0.5 * np.log(f2)
+    return q, np.where(s2 - detector_blur ** 2 > 0.01 * s2, s2 / f2, 0.0)
+
+
+def _joint_transmission(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+                        setup: FitSetup, detector_blur: float, jac: bool
+                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Transmission D (N, W, W) of two beads in the joint model of :func:`_pair_model`, and
+    with ``jac`` its derivatives in the bead parameters of A and of B, (N, NPAR, W, W) each
+    (zero but for the geometric ones)."""
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    (qa, ca), (qb, cb) = _focal(pa, detector_blur), _focal(pb, detector_blur)
+    Ba, Ja = model_and_jacobian(qa, pu, pv, cu, cv, setup, jac=jac)
+    Bb, Jb = model_and_jacobian(qb, pu, pv, cu, cv, setup, jac=jac)
+    D = _pixel_blur((1.0 - Ba) * (1.0 - Bb), detector_blur)
     if not jac:
-        return ma + mb, None
-    return ma + mb, np.concatenate([ja, jb[:, list(PAIR_BEAD)]], axis=1)
+        return D, None, None
+    out = []
+    for J, other, c in ((Ja, Bb, ca), (Jb, Ba, cb)):
+        dT = np.zeros(J.shape[:2] + J.shape[2:])
+        for i in (IU, IV, IR, IE1, IE2, ILS, ILK):
+            dT[:, i] = -(1.0 - other) * J[:, i]
+        dT[:, ILS] *= c[:, None, None]
+        out.append(_pixel_blur(dT, detector_blur))
+    return D, out[0], out[1]
+
+
+def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+                setup: FitSetup, jac: bool, detector_blur: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model of bead A with its background plus bead B, and the Jacobian in [all of A's
+    parameters, B's bead parameters :data:`PAIR_BEAD`], (N, P + 7, W, W).
+
+    By default each bead is blurred and shown through its own display with its own amplitude,
+    and the two are added: in a log display the product of the beads' transmissions blurred
+    each on its own. With ``detector_blur`` = σ_d (px) the model is the joint one: each bead's
+    transmission blurred by what acts before the detector only (the focal spot, at the bead's
+    own magnification: σ_f² = σ² − σ_d²), their product blurred by the detector (σ_d, on the
+    quanta after both beads attenuated them), shown once through A's display with A's
+    amplitude, which stands for both (B's amplitude column is zero). The detector blur on the
+    product is what keeps the common core of two overlapping beads from being as deep as the
+    sum of both; the additive model makes it too deep, and two beads 0.57 radii apart (spine
+    phantom seed 1, REF view A) fit it only at about half their amplitude, as one bead shared
+    out between them would (tests/test_detect_pair_model.py compares both with the simulator).
+    """
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    if detector_blur is None:
+        ma, ja = model_and_jacobian(pa, pu, pv, cu, cv, setup, jac=jac)
+        q = pb.copy()
+        q[:, linear_params(q.shape[1])] = 0.0
+        q[:, IA] = pb[:, IA]
+        mb, jb = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=jac)
+        if not jac:
+            return ma + mb, None
+        return ma + mb, np.concatenate([ja, jb[:, list(PAIR_BEAD)]], axis=1)
+    D, dDa, dDb = _joint_transmission(pa, pb, pu, pv, setup, detector_blur, jac)
+    A = pa[:, IA, None, None]
+    h, dh, dht = _display(1.0 - D, pa[:, ILC])
+    du = (pu - cu[:, None])[:, None, :]
+    dv = (pv - cv[:, None])[:, :, None]
+    model = A * h + background(pa, du, dv)
+    if not jac:
+        return model, None
+    npa = pa.shape[1]
+    J = np.zeros((len(pa), npa + len(PAIR_BEAD), *model.shape[1:]))
+    J[:, :NPAR] = -(A * dh)[:, None] * dDa
+    J[:, npa:] = -(A * dh)[:, None] * dDb[:, list(PAIR_BEAD)]
+    J[:, ILC] = A * dht
+    J[:, IA] = h
+    J[:, npa + PAIR_BEAD.index(IA)] = 0.0
+    background_jacobian(pa, du, dv, edge_profile(pa, du, dv) if npa > NPAR else None, J)
+    return model, J
 
 
 def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
              pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
-             iterations: int, lines: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+             iterations: int, lines: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+             detector_blur: float | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Levenberg–Marquardt fit of two beads sharing one window and background (batched).
+
+    With ``detector_blur`` the joint model of :func:`_pair_model` is fitted, one amplitude for
+    both beads (B's is held, and returned equal to A's).
 
     ``lines`` = (normals (N, 2, 2), offsets (N, 2), weights (N, 2)) adds, for bead A and B, the
     penalty ``weight · (offset − normal·centre)²``: each centre observed on a line (e.g. its
@@ -408,9 +501,17 @@ def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
     n, k = len(pa), npa + len(PAIR_BEAD)
     free = np.ones(k, bool)
     free[list(fixed)] = False
+    joint = detector_blur is not None
+    if joint:
+        free[npa + PAIR_BEAD.index(IA)] = False
     if npa > NPAR:
         free[IEK] = False                                 # an edge's curvature stays as found
     cols = np.array([[IU, IV], [npa, npa + 1]])          # centre columns of A and B in theta
+
+    def model(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m, J = _pair_model(a, b, pu, pv, setup, True, detector_blur)
+        J[:, ~free] = 0.0
+        return m, J
 
     def penalty(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cost, gradient (N, k) and normal matrix (N, k, k) of the line penalties."""
@@ -435,8 +536,7 @@ def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
         return a, _clip(b, setup)
 
     theta = np.concatenate([pa, pb[:, list(PAIR_BEAD)]], axis=1)
-    m, J = _pair_model(*split(theta), pu, pv, setup, True)
-    J[:, ~free] = 0.0
+    m, J = model(*split(theta))
     r = data - m
     pc, pg, pH = penalty(theta)
     cost = np.einsum("nij,nij->n", wts, r * r) + pc
@@ -452,8 +552,7 @@ def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
                   + ~free)[:, :, None] * eye
         step = np.linalg.solve(Hd, g[..., None])[..., 0]
         a, b = split(theta + step)
-        mt, Jt = _pair_model(a, b, pu, pv, setup, True)
-        Jt[:, ~free] = 0.0
+        mt, Jt = model(a, b)
         rt = data - mt
         tt = np.concatenate([a, b[:, list(PAIR_BEAD)]], axis=1)
         pct, pgt, pHt = penalty(tt)
@@ -469,6 +568,8 @@ def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
     Hinv = np.linalg.pinv(H, hermitian=True)
     c = [IU, IV, npa, npa + 1]           # centres of A and B
     a, b = split(theta)
+    if joint:
+        b[:, IA] = a[:, IA]
     return a, b, cost, Hinv[:, c][:, :, c]
 
 

@@ -220,3 +220,30 @@ def test_split_centres_lie_on_beads(screw_head_exam):
         new = np.concatenate([uv[:len(orig)][moved], uv[len(orig):]])
         d = np.linalg.norm(new[:, None] - truth[None], axis=-1)
         assert np.all(d.min(axis=1, initial=np.inf) < 1.0), new
+
+
+def test_heavily_overlapping_pair_split(screw_head_exam):
+    """In view A of this exam L5-04 and L5-07 project 2.6 px apart (0.57 radii) and leave one
+    detection between them, 1.2 px from L5-04 with σ 0.025 px; view B shows both. Fitted on
+    their epipolar lines with the joint image of two beads (``rsa.detect_lines``), the
+    detection is split: both are paired, each within 4σ of its true centre (measured: 0.19
+    and 0.03 px off, 1.5σ and 0.3σ). Before, the split was refused, L5-07 was lost and L5-04
+    kept the merged centre (39σ off).
+    Every other detection paired as a bead (within 2 px of a true centre) is within 4σ as well
+    (measured: largest 2.8σ, L5-05 near a screw in view A)."""
+    images, dets, cal, spacing, _, names, uv_true = screw_head_exam
+    cor = correspond(tuple(images), tuple(dets), cal, pixel_spacing_mm=spacing, gate_mm=0.5,
+                     options=OPTIONS)
+    for x in range(2):
+        rows = cor.match.pairs[:, x]
+        uv, sig = cor.uv_px[x][rows], cor.sigma_px[x][rows]
+        d = np.linalg.norm(uv[:, None] - uv_true[x][None], axis=-1)
+        bead = d.min(axis=1) < 2.0
+        nearest = d.argmin(axis=1)
+        z = (np.abs(uv - uv_true[x][nearest]) / sig).max(axis=1)
+        assert np.all(z[bead] <= 4.0), [(names[j], round(float(zz), 1)) for j, zz in
+                                        zip(nearest[bead], z[bead], strict=True) if zz > 4.0]
+        if x == 0:
+            for name in ("L5-04", "L5-07"):
+                k = names.index(name)
+                assert d[:, k].min() < 0.3, (name, d[:, k].min())

@@ -7,13 +7,11 @@ per pair (nearby epipolar lines are nearly parallel), each shifted across itself
 N(0, 0.05 px) and given that σ. Control: each isolated bead with two lines 1 px apart through it
 (a single bead near the epipolar lines of two beads of the other view).
 
-Measured (seeds 0–3, ``python /work/scratch/lines_exp.py 0.4,0.6,0.8,1.0,1.2,1.6 4`` on this
-machine): 24 of 24 pairs split (RMS 0.047 px per coordinate; RMS of error / σ 0.47 per axis —
-the σ is dominated by the pair model's systematic term), no control split (0 of 16). Seed 3's
-pair at 1.6 radii is split only by the refit with the amplitudes held at the typical one: with
-them free both beads grew towards the radius bound at 0.36 and 0.74 of the amplitude and the
-pair was refused. The one-bead detection of such a pair sits between the beads, 0.8–3 px from
-each (tests/test_detect_overlap.py).
+Measured (seeds 0–3, ``python /work/scratch/s22/linesmeas.py``, joint pair model): 24 of 24
+pairs split (RMS 0.049 px per coordinate, largest 0.18 px; RMS of error / σ 0.49 per axis —
+the σ is dominated by the pair model's systematic term), no control split (0 of 16; their χ²
+gains −22 to −67; the pairs of seeds 0, 1 and 3 gain 403 and more). The one-bead detection of
+such a pair sits between the beads, 0.8–3 px from each (tests/test_detect_overlap.py).
 """
 
 import numpy as np
