@@ -11,7 +11,7 @@ Measured (seeds 0–3, ``python /work/scratch/s22/linesmeas.py``, joint pair mod
 pairs split (RMS 0.049 px per coordinate, largest 0.18 px; RMS of error / σ 0.10 per axis —
 the σ is dominated by the pair model's systematic error on the phantom,
 ``rsa.detect_lines.PAIR_MODEL_ERROR``, larger than in this anatomy-free scene), no control
-split (0 of 16; their χ² gains −22 to −67; the pairs of seeds 0, 1 and 3 gain 403 and more).
+split (0 of 16; their χ² gains −22 to −67; the pairs gain 498 and more).
 The one-bead detection of such a pair sits between the beads, 0.8–3 px from each
 (tests/test_detect_overlap.py).
 """
