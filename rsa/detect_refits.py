@@ -79,13 +79,19 @@ def mean_radius(p: np.ndarray) -> np.ndarray:
     return p[:, IR] / np.sqrt(np.sqrt(np.clip(1.0 - e2, 1e-6, None)))
 
 
-def blocked(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
-    """Blurred blocked fraction B (N, W, W) of each bead model (no display, no background)."""
+def _unit_beads(p: np.ndarray) -> np.ndarray:
+    """Beads ``p`` with amplitude 1, no background and a linear display: their model is the
+    blurred blocked fraction B, their Jacobian ∂B/∂θ."""
     q = p.copy()
     q[:, linear_params(q.shape[1])] = 0.0
     q[:, IA] = 1.0
     q[:, ILC] = 0.0
-    return model_and_jacobian(q, pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
+    return q
+
+
+def blocked(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Blurred blocked fraction B (N, W, W) of each bead model (no display, no background)."""
+    return model_and_jacobian(_unit_beads(p), pu, pv, pu[:, 0], pv[:, 0], setup, jac=False)[0]
 
 
 def background_gradient(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup
@@ -400,10 +406,7 @@ def _pixel_blur(x: np.ndarray, sigma: float) -> np.ndarray:
 def _focal(p: np.ndarray, detector_blur: float) -> tuple[np.ndarray, np.ndarray]:
     """Beads ``p`` as :func:`blocked` models them, with the blur before the detector only:
     σ_f² = σ² − σ_d² (σ_f at least 0.1 σ); and ∂ log σ_f / ∂ log σ, (N,)."""
-    q = p.copy()
-    q[:, linear_params(q.shape[1])] = 0.0
-    q[:, IA] = 1.0
-    q[:, ILC] = 0.0
+    q = _unit_beads(p)
     s2 = np.exp(2.0 * p[:, ILS])
     f2 = np.maximum(s2 - detector_blur ** 2, 0.01 * s2)
     q[:, ILS] = 0.5 * np.log(f2)
@@ -424,10 +427,10 @@ def _joint_transmission(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.n
     if not jac:
         return D, None, None
     out = []
+    geometric = [IU, IV, IR, IE1, IE2, ILS, ILK]
     for J, other, c in ((Ja, Bb, ca), (Jb, Ba, cb)):
-        dT = np.zeros(J.shape[:2] + J.shape[2:])
-        for i in (IU, IV, IR, IE1, IE2, ILS, ILK):
-            dT[:, i] = -(1.0 - other) * J[:, i]
+        dT = np.zeros(J.shape)
+        dT[:, geometric] = -(1.0 - other)[:, None] * J[:, geometric]
         dT[:, ILS] *= c[:, None, None]
         out.append(_pixel_blur(dT, detector_blur))
     return D, out[0], out[1]
@@ -475,7 +478,6 @@ def _pair_model(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.ndarray,
     J[:, npa:] = -(A * dh)[:, None] * dDb[:, list(PAIR_BEAD)]
     J[:, ILC] = A * dht
     J[:, IA] = h
-    J[:, npa + PAIR_BEAD.index(IA)] = 0.0
     background_jacobian(pa, du, dv, edge_profile(pa, du, dv) if npa > NPAR else None, J)
     return model, J
 
