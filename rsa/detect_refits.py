@@ -232,7 +232,9 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     (per axis) of the plain fit's: with a strong curved edge in the window (a screw head) the
     step fit can otherwise leave the window, the "bead" then modelling the edge (uniplanar spine
     phantom seed 1, M06 view A: L5-05's fit moved 45 px with amplitude 373 against the plain
-    fit's 0.15, a false detection; tests/test_detect_screw_head.py). The edge is then let
+    fit's 0.15, a false detection; tests/test_detect_screw_head.py). On another machine the same
+    fits escaped within that bound (15.7 px): a fit whose centre ends more than the bead's radius
+    from the plain fit's models the edge, not the bead, and is not kept. The edge is then let
     curve (:func:`rsa.detect_refine.edge_profile`, a circle): kept over the straight step
     where that lowers the misfit by more than noise could (χ²₁ at p = 0.001, same units), or
     over no step where the curved step passes the test that the straight one failed (χ²₅): a
@@ -274,6 +276,10 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
                                   (cost0[idx] - cost_c) / unit > _CURVED_EDGE_CHI2)
         e = _rows(e, c, curved)
         ok |= curved
+        # a fit whose centre left the bead (more than its radius from the plain fit's) models
+        # the edge, not the bead: not kept
+        moved = np.hypot(*(e.params[:, [IU, IV]] - r.params[idx][:, [IU, IV]]).T)
+        ok &= moved <= mean_radius(r.params[idx])
         k = idx[ok]
         p[k], cov[k], model[k], resid[k], chi2[k] = (e.params[ok], e.cov_uv[ok], e.model[ok],
                                                      e.resid[ok], e.chi2_red[ok])
