@@ -16,6 +16,8 @@ Measured: both 3D beads 8 µm from the truth with a reported σ of 90–94 µm (
 point.
 """
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 
@@ -101,14 +103,15 @@ def test_both_found_with_the_split(overlap_exam):
 
 
 # Exam REF of seed 2: the rounded tip of a pedicle screw is seen in both views, and the rim of
-# its shadow is fitted as a faint, wide "bead" in each (in view B at 0.17× the image's median
-# contrast). Both are the same 3D feature, so their rays meet (crossing-line error < 1 µm): a
-# clean pair 30 mm from every bead. A bead's contrast in a log display is its own
-# ln-attenuation whatever lies behind it, and 0.17× is none of this image's beads: such a
-# detection makes its pair misfit (``rsa.correspond._atypical``), reported only if a segment
-# claims it.
+# its shadow is fitted as one or more faint "beads" (in view B at 0.17–0.25× the image's median
+# contrast). Where such fits land on the rim depends on floating-point details (4.8 px apart on
+# two machines), so the tests find them by the tip's geometry: within the screw's projected
+# radius (+ 3 px) of a capsule end, and more than 2 px from every true sphere (10 detections in
+# view B on the machine of stop 23, at 0.13–0.92× the median contrast: not all are faint). A bead's
+# contrast in a log display is its own ln-attenuation whatever lies behind it, and 0.17–0.25×
+# is none of this image's beads: such a detection makes its pair misfit
+# (``rsa.correspond._atypical``), reported only if a segment claims it.
 ODD_SEED, ODD_EXAM = 2, "REF"
-SCREW_TIP_B = (1338.1, 1323.65)
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +119,28 @@ def screw_tip_exam():
     return _exam(ODD_SEED, ODD_EXAM)
 
 
+def _tip_junk(exam, view: int) -> np.ndarray:
+    """Indices of the detections in ``view`` on a screw tip's shadow (see above)."""
+    _, dets, _, _, _, _, uv_true = exam
+    scene = build_scene("spine", setup="uniplanar", seed=ODD_SEED)
+    ex = next(e for e in scene.exams if e.id == ODD_EXAM)
+    v = ex.views[view]
+    uv = dets[view].uv_px
+    near_tip = np.zeros(len(uv), bool)
+    for c in scene.exam_capsules(ex):
+        for end in (c.p0_mm, c.p1_mm):
+            r_px = (c.radius_mm * float(v.magnification(end))
+                    / float(np.mean(v.pixel_spacing_mm)) + 3.0)
+            near_tip |= np.linalg.norm(uv - v.project(end), axis=1) < r_px
+    spheres = np.concatenate([v.project(scene.cage.xyz_mm), uv_true[view]])
+    far = np.linalg.norm(uv[:, None] - spheres[None], axis=-1).min(axis=1) > 2.0
+    return np.flatnonzero(near_tip & far)
+
+
 def test_screw_tip_detection_is_atypical(screw_tip_exam):
-    _, dets, _, _, _, _, _ = screw_tip_exam
-    d = np.hypot(*(dets[1].uv_px - SCREW_TIP_B).T)
-    assert d.min() < 3.0                                   # the screw tip is detected ...
-    assert rsa.correspond._atypical(dets[1])[np.argmin(d)]   # ... and flagged
+    junk = _tip_junk(screw_tip_exam, 1)
+    # the rim is detected, and faint detections there are flagged
+    assert rsa.correspond._atypical(screw_tip_exam[1][1])[junk].any()
 
 
 def test_no_bead_is_atypical(screw_tip_exam):
@@ -130,6 +150,18 @@ def test_no_bead_is_atypical(screw_tip_exam):
         beads = np.flatnonzero(d.min(axis=1) < 1.0)
         assert len(beads) >= 8
         assert not rsa.correspond._atypical(det)[beads].any()
+
+
+def _with_row(det, uv, src, like: int, contrast: float):
+    """``det`` with one more detection at ``uv``, otherwise a copy of row ``like`` of the
+    detections ``src`` (its contrast set to ``contrast``)."""
+    cols = {f.name: getattr(det, f.name) for f in fields(det) if f.init}
+    for name in ("uv_px", "radius_px", "contrast", "snr", "sigma_px", "score", "touching",
+                 "near_edge", "occluded", "clipped"):
+        row = np.asarray(uv, float) if name == "uv_px" else (
+            contrast if name == "contrast" else getattr(src, name)[like])
+        cols[name] = np.concatenate([cols[name], np.asarray(row)[None]])
+    return type(det)(**cols)
 
 
 def _clean_far(exam, contrast_test: bool) -> int:
@@ -143,12 +175,37 @@ def _clean_far(exam, contrast_test: bool) -> int:
     return int(np.sum(cor.match.likely & ~cor.misfit & (d > 1.0)))
 
 
-def test_screw_tip_pair_clean_without_the_contrast_test(screw_tip_exam):
-    assert _clean_far(screw_tip_exam, contrast_test=False) >= 1
+@pytest.fixture(scope="module")
+def junk_pair_exam(screw_tip_exam):
+    """The exam with a junk pair whose rays meet: view B's strongest screw-tip detection that
+    only the contrast test flags (atypical, not occluded), and
+    in view A a copy of it (contrast in the same ratio to view A's median) where that
+    detection's ray passes the screw tip (the 3D point on the ray nearest the capsule end)."""
+    images, dets, cal, spacing, xyz, names, uv_true = screw_tip_exam
+    junk = _tip_junk(screw_tip_exam, 1)
+    junk = junk[rsa.correspond._atypical(dets[1])[junk] & ~dets[1].occluded[junk]]
+    k = junk[np.argmax(dets[1].snr[junk])]
+    scene = build_scene("spine", setup="uniplanar", seed=ODD_SEED)
+    ex = next(e for e in scene.exams if e.id == ODD_EXAM)
+    o, d = cal.b.rays(dets[1].uv_px[k])
+    ends = np.concatenate([[c.p0_mm, c.p1_mm] for c in scene.exam_capsules(ex)])
+    on_ray = o + np.clip((ends - o) @ d, 0, None)[:, None] * d
+    x = on_ray[np.argmin(np.linalg.norm(on_ray - ends, axis=1))]
+    ratio = dets[1].contrast[k] / np.median(dets[1].contrast)
+    a = _with_row(dets[0], cal.a.project(x), dets[1], k, ratio * np.median(dets[0].contrast))
+    b = dets[1]
+    cal = calibrate_exam(a, b, scene.cage, views=(cal.a.name, cal.b.name),
+                         pixel_spacing_mm=spacing, image_shape=ex.views[0].shape)
+    return images, (a, b), cal, spacing, xyz, names, uv_true
 
 
-def test_screw_tip_pair_not_clean(screw_tip_exam):
+def test_screw_tip_pair_clean_without_the_contrast_test(junk_pair_exam):
+    assert _clean_far(junk_pair_exam, contrast_test=False) >= 1
+
+
+def test_screw_tip_pair_not_clean(screw_tip_exam, junk_pair_exam):
     assert _clean_far(screw_tip_exam, contrast_test=True) == 0
+    assert _clean_far(junk_pair_exam, contrast_test=True) == 0
 
 
 def test_atypical_only_in_a_log_display():

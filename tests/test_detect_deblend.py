@@ -88,7 +88,7 @@ def _errors(rv, sep):
     err = np.abs(beads.uv_px[j] - rv.uv_px)
     beyond = np.any((err > 4 * beads.sigma_px[j]) & (err > 0.05), axis=1)
     pair = (sep > 0) & (d < 2.0)
-    return d[pair], beyond[pair], beads.uv_px[j[sep < 0]]
+    return d[pair], beyond[pair], beads.uv_px[j[sep < 0]], len(beads.uv_px)
 
 
 def _off(r, data0, inside, *args):
@@ -117,7 +117,13 @@ def test_joint_refit_of_overlapping_pairs(results):
     rms_j, beyond_j, n_j = _pooled(results["joint"])
     rms_f, beyond_f, n_f = _pooled(results["free"])
     assert n_j >= 0.85 * 24 * len(SEEDS)
-    assert n_j == n_f          # the refit decides nothing: the same beads are found
+    # the refit loses no pair bead (it may bring one that the free fits put more than 2 px
+    # off within 2 px). It can change a decision: the SNR test comes after it, and its
+    # amplitudes move a candidate across the threshold either way (on the machine of stop 23,
+    # seed 0 one detection more, seed 2 one fewer, of 33–37)
+    assert n_j >= n_f
+    assert all(abs(j[3] - f[3]) <= 1 for j, f in zip(results["joint"], results["free"],
+                                                     strict=True))
     # measured 0.119 vs 0.401 px over these seeds
     assert rms_j <= 0.5 * rms_f, (rms_j, rms_f)
     # beyond max(4σ, 0.05 px) on an axis: 0 of 86 measured (18 free). Gaussian errors with

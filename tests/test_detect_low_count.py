@@ -18,7 +18,12 @@ that one pixel left out of every fit 0.02 px, or replaced by the mean of its fou
 of the fits (censoring) fixes this bead, but, done from the first fit on, lets fits next to a
 clipped metal implant pass the detector's tests (false and duplicate detections through the
 rescue and split paths); done only in a last refit, the edge model chosen with the pixel in
-keeps the centre where it was. Hence ``xfail(strict=True)``: the fix turns this test red.
+keeps the centre where it was.
+
+The outcome depends on floating-point details: on the AVX-512 machine of stop 23 (numpy 2.4.6)
+the same image gives the bead 0.017 px off with σ 0.056 px (the edge refit chooses otherwise
+with the pixel in). Hence ``xfail(strict=False)``: a known limitation that shows on some
+machines, not a guarantee either way.
 """
 
 import numpy as np
@@ -59,9 +64,9 @@ def test_core_pixel_without_quanta_is_at_the_top(core_view):
     assert np.all(np.abs(err) <= np.maximum(4.0 * sig, 0.05)), (err, sig)
 
 
-@pytest.mark.xfail(strict=True, reason="a core pixel that received next to no quanta (log "
+@pytest.mark.xfail(strict=False, reason="a core pixel that received next to no quanta (log "
                    "display: at the top of the range) is fitted as a measurement with a "
-                   "Gaussian weight: 0.51 px, 4.4 sigma (module doc)")
+                   "Gaussian weight: 0.51 px, 4.4 sigma on some machines (module doc)")
 def test_bead_with_empty_core_pixel_within_its_uncertainty(core_view):
     rv, bead, spacing = core_view
     err, sig = _nearest(detect_beads(rv.image, pixel_spacing_mm=spacing, options=OPTIONS), bead)
