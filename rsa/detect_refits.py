@@ -227,19 +227,22 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     the weighted misfit by more than noise could: χ²₄ at p = 0.001, in units of the refit's
     reduced χ² times the noise correlation's variance inflation. Candidates for the (costly)
     non-linear refit are the ``flagged`` beads and every bead whose misfit already drops by a
-    quarter of that with the step at its start position and only the linear parameters solved
-    (a cheap, liberal screen); never the ``skip`` beads. Each centre stays within ``box_px``
-    (per axis) of the plain fit's: with a strong curved edge in the window (a screw head) the
-    step fit can otherwise leave the window, the "bead" then modelling the edge (uniplanar spine
+    quarter of that with the step at its start position and only the linear parameters solved (a
+    cheap, liberal screen); never the ``skip`` beads. Each centre stays within ``box_px`` (per
+    axis) of the plain fit's: with a strong curved edge in the window (a screw head) the step
+    fit can otherwise leave the window, the "bead" then modelling the edge (uniplanar spine
     phantom seed 1, M06 view A: L5-05's fit moved 45 px with amplitude 373 against the plain
     fit's 0.15, a false detection; tests/test_detect_screw_head.py). On another machine the same
-    fits escaped within that bound (15.7 px): a fit whose centre ends more than the bead's radius
-    from the plain fit's models the edge, not the bead, and is not kept. The edge is then let
-    curve (:func:`rsa.detect_refine.edge_profile`, a circle): kept over the straight step
-    where that lowers the misfit by more than noise could (χ²₁ at p = 0.001, same units), or
-    over no step where the curved step passes the test that the straight one failed (χ²₅): a
-    straight step fitted to a curved edge (a screw head, a cup rim) leaves misfit that pulls
-    the bead.
+    fits ran into that bound (15.7 px off, held at the box): a fit whose centre ends on its box
+    has not converged on a bead and is not kept. (A bound on the distance moved cannot tell this
+    from a bead whose plain fit modelled the edge: uniplanar implant seed 0, M03 view B,
+    tibia-04's plain fit is 5 px off with amplitude 0.02, its step fit 0.008 px.) The edge is
+    then let curve (:func:`rsa.detect_refine.edge_profile`, a circle): kept over the straight
+    step where that lowers the misfit by more than noise could (χ²₁ at p = 0.001, same units),
+    or over no step where the curved step passes the test that the straight one failed (χ²₅): a
+    straight step fitted to a curved edge (a screw head, a cup rim) leaves misfit that pulls the
+    bead.
+
     Returns the fits of all beads in the edge layout (no step: amplitude 0).
     """
     n = len(r.params)
@@ -276,10 +279,10 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
                                   (cost0[idx] - cost_c) / unit > _CURVED_EDGE_CHI2)
         e = _rows(e, c, curved)
         ok |= curved
-        # a fit whose centre left the bead (more than its radius from the plain fit's) models
-        # the edge, not the bead: not kept
-        moved = np.hypot(*(e.params[:, [IU, IV]] - r.params[idx][:, [IU, IV]]).T)
-        ok &= moved <= mean_radius(r.params[idx])
+        # a fit whose centre ended on its box is held there, not converged on a bead: it was
+        # leaving the window for the edge. Not kept
+        moved = np.abs(e.params[:, [IU, IV]] - r.params[idx][:, [IU, IV]]).max(axis=1)
+        ok &= moved < box_px - 0.01
         k = idx[ok]
         p[k], cov[k], model[k], resid[k], chi2[k] = (e.params[ok], e.cov_uv[ok], e.model[ok],
                                                      e.resid[ok], e.chi2_red[ok])

@@ -18,9 +18,9 @@ curvature free (``rsa.detect_refits.edge_refit``, tests/test_detect_curved_edge.
 
 Both outcomes depend on floating-point details. On the AVX-512 machine of stop 23 (numpy
 2.4.6) the straight step fit leaves the bead for the screw head (9 px, within the window's
-bound) and the curved fit stays there: the detection escaped 15.7 px from L5-05 again. An edge
-fit whose centre ends more than the bead's radius from the plain fit's now models the edge, not
-the bead, and is not kept (``edge_refit``): no false detection, but L5-05 is lost there (its
+bound) and the curved fit stays there, held at the bound: the detection escaped 15.7 px from
+L5-05 again. An edge fit whose centre ends on its box has not converged on a bead and is now not
+kept (``edge_refit``): no false detection, but L5-05 is lost there (its
 plain fit, 2 px off, has SNR 3.3 with the screw head's misfit in its window, below the
 detector's 4). Hence the second test is ``xfail(strict=False)``: a known limitation that
 shows on some machines.
