@@ -512,7 +512,9 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         close = gap < opts.touch_gap * np.maximum(rad[pr[:, 0]], rad[pr[:, 1]]) + blur
         touching[pr[close, 0]] = True
     final = snr >= opts.min_snr
-    score = ((1.0 - np.exp(-snr / 10.0)) * np.clip(cround, 0, 1)
+    # only the final rows are kept; a fit with a negative amplitude has a negative SNR, whose
+    # exponential would overflow (RuntimeWarning) in rows that are dropped anyway
+    score = ((1.0 - np.exp(-np.maximum(snr, 0.0) / 10.0)) * np.clip(cround, 0, 1)
              / (1.0 + np.maximum(chi2 - 1.0, 0.0)))
     idx = np.flatnonzero(final)
     idx = idx[np.argsort(-score[idx], kind="stable")][: opts.max_beads]
