@@ -169,7 +169,8 @@ def _det_points(m, te, names, seg_names, used_truth):
     and the true rows used."""
     xyz = np.concatenate([np.asarray(te["segments"][n]["xyz_mm"]) for n in seg_names])
     if not len(m.points_mm):
-        return np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool), [], np.zeros(len(xyz), bool)
+        return (np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool),
+                [np.zeros((0, 2)) for _ in names], np.zeros(len(xyz), bool))
     _, j = cKDTree(m.points_mm).query(xyz)
     used = used_truth & (np.linalg.norm(m.points_mm[j] - xyz, axis=1) < 1.0)
     det_uv = {m.views[0]["view"]: m.uv_a, m.views[1]["view"]: m.uv_b}
