@@ -161,20 +161,25 @@ def exam_crlb(scene, exam, opts):
     return out, out_n
 
 
-def _det_points(m, te, names, seg_names, used_truth):
-    """The pipeline's own 2D centres of one exam's beads (``m``, an ExamMeasurement) that match
-    a true bead (within 1 mm in 3D) with a finite bound (``used_truth``, per true bead),
-    triangulated through the TRUE geometry with the pipeline's own centre σ: the 3D points, the
-    pipeline's fit weights and unlikely-pair flags of those beads, and per view the 2D errors
-    and the true rows used."""
-    xyz = np.concatenate([np.asarray(te["segments"][n]["xyz_mm"]) for n in seg_names])
-    if not len(m.points_mm):
-        return (np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool),
-                [np.zeros((0, 2)) for _ in names], np.zeros(len(xyz), bool))
-    _, j = cKDTree(m.points_mm).query(xyz)
-    used = used_truth & (np.linalg.norm(m.points_mm[j] - xyz, axis=1) < 1.0)
+def _match_truth(points: np.ndarray, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each true bead ``xyz``: the index of the nearest pipeline 3D point and whether it
+    lies within 1 mm (none when there are no points)."""
+    if not len(points):
+        return np.zeros(len(xyz), int), np.zeros(len(xyz), bool)
+    _, j = cKDTree(points).query(xyz)
+    return j, np.linalg.norm(points[j] - xyz, axis=1) < 1.0
+
+
+def _det_points(m, te, names, seg_names, j, used):
+    """The pipeline's own 2D centres (``m``, an ExamMeasurement; row ``j`` per true bead) of the
+    true beads ``used``, triangulated through the TRUE geometry with the pipeline's own centre
+    σ: the 3D points, the pipeline's fit weights and unlikely-pair flags of those beads, and per
+    view the 2D errors."""
     det_uv = {m.views[0]["view"]: m.uv_a, m.views[1]["view"]: m.uv_b}
     own_sd = {m.views[0]["view"]: m.sigma_px[:, 0], m.views[1]["view"]: m.sigma_px[:, 1]}
+    if not used.any():
+        return (np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool),
+                [np.zeros((0, 2)) for _ in names])
     uvs, sds, errs = [], [], []
     for n in names:
         uv_t = np.concatenate([np.asarray(te["views"][n]["beads"][s]["uv_px"])
@@ -184,8 +189,7 @@ def _det_points(m, te, names, seg_names, used_truth):
         uvs.append(uv_d[None])
         sds.append(own_sd[n][j[used]])
     P = [np.asarray(te["views"][n]["projection_matrix"], float) for n in names]
-    return (_ml_points(P, uvs, sds)[0], _bead_sigma(m)[j[used]], m.likely[j[used]], errs,
-            used)
+    return _ml_points(P, uvs, sds)[0], _bead_sigma(m)[j[used]], m.likely[j[used]], errs
 
 
 def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
@@ -219,11 +223,7 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
         # beads used: those the pipeline triangulated in this exam, with a finite bound
         meas = res.measurements[f"{subj.id}/{e.id}"].points_mm
         d, _ = cKDTree(xyz).query(meas) if len(meas) else (np.zeros(0), None)
-        used = np.zeros(len(xyz), bool)
-        j = np.zeros(len(xyz), int)
-        if len(meas):
-            _, j = cKDTree(meas).query(xyz)
-            used = np.linalg.norm(meas[j] - xyz, axis=1) < 1.0
+        j, used = _match_truth(meas, xyz)
         stats["false_3d"] += int(np.sum(d >= 1.0))
         finite = np.all(np.isfinite(np.concatenate([bound[n] for n in names], 1)), 1)
         stats["no_bound"] += int(np.sum(used & ~finite))
@@ -238,8 +238,10 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
             stats["nuisance"].append(bound_n[n][used] / bound[n][used])
         uvs, uvs_n, sd, sd_n = [], [], [], []
         for k_res, r_k in enumerate((res, *others)):
-            dp, ds, dl, errs, used_k = _det_points(r_k.measurements[f"{subj.id}/{e.id}"], te,
-                                                   names, seg_names, finite)
+            m_k = r_k.measurements[f"{subj.id}/{e.id}"]
+            j_k, used_k = (j, used) if k_res == 0 else _match_truth(m_k.points_mm, xyz)
+            used_k = used_k & finite
+            dp, ds, dl, errs = _det_points(m_k, te, names, seg_names, j_k, used_k)
             det_pts[k_res].append(dp)
             det_sig[k_res].append(ds)
             det_likely[k_res].append(dl)

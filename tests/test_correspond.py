@@ -17,6 +17,7 @@ point.
 """
 
 from dataclasses import fields
+from functools import cache
 
 import numpy as np
 import pytest
@@ -119,11 +120,17 @@ def screw_tip_exam():
     return _exam(ODD_SEED, ODD_EXAM)
 
 
+@cache
+def _tip_scene():
+    """The scene of the screw-tip exam and the exam."""
+    scene = build_scene("spine", setup="uniplanar", seed=ODD_SEED)
+    return scene, next(e for e in scene.exams if e.id == ODD_EXAM)
+
+
 def _tip_junk(exam, view: int) -> np.ndarray:
     """Indices of the detections in ``view`` on a screw tip's shadow (see above)."""
     _, dets, _, _, _, _, uv_true = exam
-    scene = build_scene("spine", setup="uniplanar", seed=ODD_SEED)
-    ex = next(e for e in scene.exams if e.id == ODD_EXAM)
+    scene, ex = _tip_scene()
     v = ex.views[view]
     uv = dets[view].uv_px
     near_tip = np.zeros(len(uv), bool)
@@ -185,8 +192,7 @@ def junk_pair_exam(screw_tip_exam):
     junk = _tip_junk(screw_tip_exam, 1)
     junk = junk[rsa.correspond._atypical(dets[1])[junk] & ~dets[1].occluded[junk]]
     k = junk[np.argmax(dets[1].snr[junk])]
-    scene = build_scene("spine", setup="uniplanar", seed=ODD_SEED)
-    ex = next(e for e in scene.exams if e.id == ODD_EXAM)
+    scene, ex = _tip_scene()
     o, d = cal.b.rays(dets[1].uv_px[k])
     ends = np.concatenate([[c.p0_mm, c.p1_mm] for c in scene.exam_capsules(ex)])
     on_ray = o + np.clip((ends - o) @ d, 0, None)[:, None] * d
