@@ -217,7 +217,8 @@ def _edge_start(p: np.ndarray, model: np.ndarray, data: np.ndarray, inside: np.n
 def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
                flagged: np.ndarray, fixed: tuple[int, ...], iterations: int,
-               skip: np.ndarray | None = None, box_px: float = np.inf) -> FitResult:
+               skip: np.ndarray | None = None, box_px: float = np.inf,
+               earlier: np.ndarray | None = None) -> FitResult:
     """Refit beads with a blurred step (straight, then curved) in their background where the
     data ask for it.
 
@@ -236,7 +237,14 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     fits ran into that bound (15.7 px off, held at the box): a fit whose centre ends on its box
     has not converged on a bead and is not kept. (A bound on the distance moved cannot tell this
     from a bead whose plain fit modelled the edge: uniplanar implant seed 0, M03 view B,
-    tibia-04's plain fit is 5 px off with amplitude 0.02, its step fit 0.008 px.) The edge is
+    tibia-04's plain fit is 5 px off with amplitude 0.02, its step fit 0.008 px.) The final
+    plain fit is not bounded and can also leave its bead for the edge: where it ended far from
+    ``earlier`` (the candidate pass's fit: centre more than a pixel away, or amplitude changed
+    more than 2× either way), the step is also fitted from ``earlier`` and the fit of lower
+    misfit kept (uniplanar implant seed 0, Y01-DOUBLE view B, tibia-04, 8 px from a saturated
+    metal edge: the candidate pass found it 1.4 px off with amplitude 0.18, the final plain fit
+    went 2.4 px off with amplitude 0.02 and the step fit from there 9 px off, modelling
+    noise; the bead was lost). The edge is
     then let curve (:func:`rsa.detect_refine.edge_profile`, a circle): kept over the straight
     step where that lowers the misfit by more than noise could (χ²₁ at p = 0.001, same units),
     or over no step where the curved step passes the test that the straight one failed (χ²₅): a
@@ -262,9 +270,14 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
         flagged = flagged & ~skip
     idx = np.flatnonzero((flagged | screen) & (r.params[:, IA] > 0))
     if idx.size:
-        box = (r.params[idx][:, [IU, IV]], box_px)
+        start = r.params[idx][:, [IU, IV]]
         e = fit(q[idx], data[idx], w[idx], pu[idx], pv[idx], setup, iterations=iterations,
-                rho=rho, fixed=fixed, box=box)
+                rho=rho, fixed=fixed, box=(start, box_px))
+        if earlier is not None:
+            e, start = _second_start(e, start, r.params[idx], earlier[idx], data[idx],
+                                     inside[idx], w[idx], pu[idx], pv[idx], setup, rho, fixed,
+                                     iterations, box_px)
+        box = (start, box_px)
         cost1 = e.chi2_red * np.maximum(e.npix - NPAR_EDGE, 1)
         gain = (cost0[idx] - cost1) / (np.maximum(e.chi2_red, 1e-300) * infl)
         ok = (gain > _EDGE_CHI2) & (e.params[:, IA] > 0) & np.isfinite(e.params).all(1)
@@ -281,13 +294,44 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
         ok |= curved
         # a fit whose centre ended on its box is held there, not converged on a bead: it was
         # leaving the window for the edge. Not kept
-        moved = np.abs(e.params[:, [IU, IV]] - r.params[idx][:, [IU, IV]]).max(axis=1)
+        moved = np.abs(e.params[:, [IU, IV]] - start).max(axis=1)
         ok &= moved < box_px - 0.01
         k = idx[ok]
         p[k], cov[k], model[k], resid[k], chi2[k] = (e.params[ok], e.cov_uv[ok], e.model[ok],
                                                      e.resid[ok], e.chi2_red[ok])
     return FitResult(params=p, cov_uv=cov, resid=resid, model=model, chi2_red=chi2,
                      npix=r.npix)
+
+
+def _second_start(e: FitResult, start: np.ndarray, plain: np.ndarray, earlier: np.ndarray,
+                  data: np.ndarray, inside: np.ndarray, w: np.ndarray, pu: np.ndarray,
+                  pv: np.ndarray, setup: FitSetup, rho: np.ndarray, fixed: tuple[int, ...],
+                  iterations: int, box_px: float) -> tuple[FitResult, np.ndarray]:
+    """:func:`edge_refit`'s step fits ``e`` (from the ``plain`` fits, centres held near
+    ``start``) with the step also fitted from ``earlier`` where the plain fit ended far from it
+    (see there); per row the fit of lower misfit, and the centre its box is around."""
+    ratio = plain[:, IA] / np.where(earlier[:, IA] > 0, earlier[:, IA], np.nan)
+    far = (np.abs(plain[:, [IU, IV]] - earlier[:, [IU, IV]]).max(axis=1) > 1.0) | ~(
+        (ratio >= 0.5) & (ratio <= 2.0))
+    j = np.flatnonzero(far & (earlier[:, IA] > 0))
+    if not j.size:
+        return e, start
+    cu, cv = pu[j, setup.half], pv[j, setup.half]
+    m = model_and_jacobian(earlier[j], pu[j], pv[j], cu, cv, setup, jac=False)[0]
+    q = _edge_start(earlier[j], m, data[j], inside[j], pu[j], pv[j], setup)
+    q = linear_init(q, data[j], w[j], pu[j], pv[j], cu, cv, setup)
+    e2 = fit(q, data[j], w[j], pu[j], pv[j], setup, iterations=iterations, rho=rho, fixed=fixed,
+             box=(earlier[j][:, [IU, IV]], box_px))
+    better = (e2.chi2_red < e.chi2_red[j]) & (e2.params[:, IA] > 0) & np.isfinite(
+        e2.params).all(1)
+    j = j[better]
+    out = FitResult(**{n: getattr(e, n).copy() for n in ("params", "cov_uv", "resid", "model",
+                                                          "chi2_red", "npix")})
+    for n in ("params", "cov_uv", "resid", "model", "chi2_red", "npix"):
+        getattr(out, n)[j] = getattr(e2, n)[better]
+    start = start.copy()
+    start[j] = earlier[j][:, [IU, IV]]
+    return out, start
 
 
 def _curved(e: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: np.ndarray,

@@ -403,7 +403,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # centre kept within its window (a curved edge, e.g. a screw head, can pull a fit out of it)
     near_edge, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
     r = edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations,
-                   rescued, box_px=float(setup.half))
+                   rescued, box_px=float(setup.half), earlier=p)
     if rescued.any():
         # the rescued beads' own fit (step, noise behind the implant), with the covariance
         i = np.flatnonzero(rescued)
