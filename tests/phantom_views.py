@@ -1,5 +1,7 @@
 """One view of a bundled phantom study, exactly as the study renders it (test helper)."""
 
+import numpy as np
+
 from rsa.synthetic.scene import build_scene
 from rsa.synthetic.study import render_exam_view
 
@@ -17,3 +19,14 @@ def phantom_view(variant: str, seed: int, exam_id: str, view_name: str,
     n_cage = len(scene.cage.xyz_mm)
     beads = dict(zip(names, rv.uv_px[n_cage:n_cage + len(names)], strict=True))
     return scene, view, rv, beads
+
+
+def assert_found(found, bead, max_px: float = 0.5, n_sigma: float = 3.0) -> None:
+    """The detection nearest the true projection ``bead`` (px) of the detections ``found``
+    (:class:`rsa.detect.Beads2D`) lies within ``max_px`` of it and within ``n_sigma`` of its
+    own ``sigma_px`` on both axes."""
+    d = np.linalg.norm(found.uv_px - bead, axis=1)
+    k = int(np.argmin(d))
+    assert d[k] < max_px, d[k]
+    assert np.all(np.abs(found.uv_px[k] - bead) <= n_sigma * found.sigma_px[k]), (
+        found.uv_px[k] - bead, found.sigma_px[k])

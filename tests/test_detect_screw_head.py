@@ -28,7 +28,7 @@ shows on some machines.
 
 import numpy as np
 import pytest
-from phantom_views import phantom_view
+from phantom_views import assert_found, phantom_view
 
 from rsa.detect import detect_beads
 
@@ -63,8 +63,4 @@ def test_no_escaped_fit_near_the_screw_head(screw_view):
                    "screw head and are not kept; its plain fit fails the SNR test (module doc)")
 def test_bead_next_to_screw_head_found(screw_view):
     _, bead, found = screw_view
-    d = np.linalg.norm(found.uv_px - bead, axis=1)
-    k = int(np.argmin(d))
-    assert d[k] < 0.5, d[k]
-    assert np.all(np.abs(found.uv_px[k] - bead) <= 3.0 * found.sigma_px[k]), (
-        found.uv_px[k] - bead, found.sigma_px[k])
+    assert_found(found, bead)
