@@ -170,11 +170,11 @@ def _match_truth(points: np.ndarray, xyz: np.ndarray) -> tuple[np.ndarray, np.nd
     return j, np.linalg.norm(points[j] - xyz, axis=1) < 1.0
 
 
-def _det_points(m, te, names, seg_names, j, used):
+def _det_points(m, te, names, uv_true, j, used):
     """The pipeline's own 2D centres (``m``, an ExamMeasurement; row ``j`` per true bead) of the
-    true beads ``used``, triangulated through the TRUE geometry with the pipeline's own centre
-    σ: the 3D points, the pipeline's fit weights and unlikely-pair flags of those beads, and per
-    view the 2D errors."""
+    true beads ``used`` (true projections ``uv_true`` per view), triangulated through the TRUE
+    geometry with the pipeline's own centre σ: the 3D points, the pipeline's fit weights and
+    unlikely-pair flags of those beads, and per view the 2D errors."""
     det_uv = {m.views[0]["view"]: m.uv_a, m.views[1]["view"]: m.uv_b}
     own_sd = {m.views[0]["view"]: m.sigma_px[:, 0], m.views[1]["view"]: m.sigma_px[:, 1]}
     if not used.any():
@@ -182,10 +182,8 @@ def _det_points(m, te, names, seg_names, j, used):
                 [np.zeros((0, 2)) for _ in names])
     uvs, sds, errs = [], [], []
     for n in names:
-        uv_t = np.concatenate([np.asarray(te["views"][n]["beads"][s]["uv_px"])
-                               for s in seg_names])[used]
         uv_d = det_uv[n][j[used]]
-        errs.append(uv_d - uv_t)
+        errs.append(uv_d - uv_true[n][used])
         uvs.append(uv_d[None])
         sds.append(own_sd[n][j[used]])
     P = [np.asarray(te["views"][n]["projection_matrix"], float) for n in names]
@@ -208,11 +206,11 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
     for e in subj.exams:
         te, se = t_by_id[e.id], s_by_id[e.id]
         xyz = np.concatenate([np.asarray(te["segments"][n]["xyz_mm"]) for n in seg_names])
+        uv_true = {v: np.concatenate([np.asarray(te["views"][v]["beads"][n]["uv_px"])
+                                      for n in seg_names]) for v in te["views"]}
         # the rebuilt scene must be the rendered one
         for view in se.views:
-            uv_t = np.concatenate([np.asarray(te["views"][view.name]["beads"][n]["uv_px"])
-                                   for n in seg_names])
-            dev = np.max(np.abs(view.project(xyz) - uv_t))
+            dev = np.max(np.abs(view.project(xyz) - uv_true[view.name]))
             if dev > 1e-6:
                 raise RuntimeError(f"{e.id}/{view.name}: rebuilt scene differs from truth.json "
                                    f"({dev:.2g} px)")
@@ -241,7 +239,7 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
             m_k = r_k.measurements[f"{subj.id}/{e.id}"]
             j_k, used_k = (j, used) if k_res == 0 else _match_truth(m_k.points_mm, xyz)
             used_k = used_k & finite
-            dp, ds, dl, errs = _det_points(m_k, te, names, seg_names, j_k, used_k)
+            dp, ds, dl, errs = _det_points(m_k, te, names, uv_true, j_k, used_k)
             det_pts[k_res].append(dp)
             det_sig[k_res].append(ds)
             det_likely[k_res].append(dl)
@@ -250,8 +248,7 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
                     stats["err_px"].append(err)
                     stats["err_z"].append(err / bound[n][used_k])
         for n in names:
-            uv_t = np.concatenate([np.asarray(te["views"][n]["beads"][s]["uv_px"])
-                                   for s in seg_names])[used]
+            uv_t = uv_true[n][used]
             z = rng.normal(size=(mc, *uv_t.shape))
             uvs.append(uv_t + z * bound[n][used])
             sd.append(bound[n][used])
@@ -448,9 +445,8 @@ def run(args: argparse.Namespace, base: Path) -> int:
     if det_only:
         print("2D-only SD: the pipeline's detected 2D centres triangulated through the TRUE "
               "geometry (no calibration error), same fits, weights and noise draws; implied(n): "
-              "the implied "
-              "SD from the bound with contrast, radius, quadratic background and implants unknown "
-              "(same draws) — diagnostics, not checked")
+              "the implied SD from the bound with contrast, radius, quadratic background and "
+              "implants unknown (same draws) — diagnostics, not checked")
     if many:
         print("noise SD: spread of a double exam's difference over the noise draws alone; bias "
               "RMS: the part that stays over the draws (module doc) — diagnostics, not checked")

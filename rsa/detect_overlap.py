@@ -20,6 +20,7 @@ import numpy as np
 
 from rsa.detect_candidates import _close_pairs
 from rsa.detect_refine import (
+    FIT_FIELDS,
     IA,
     IE1,
     IE2,
@@ -120,7 +121,7 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
     rows = np.concatenate([o[0] for o in out])
     order = np.argsort(rows)
     fit_ = FitResult(**{f: np.concatenate([getattr(o[1], f) for o in out])[order]
-                        for f in ("params", "cov_uv", "resid", "model", "chi2_red", "npix")})
+                        for f in FIT_FIELDS})
     return rows[order], fit_, np.concatenate([o[2] for o in out])[order]
 
 

@@ -343,6 +343,10 @@ class FitResult:
     npix: np.ndarray        # (N,) pixels used
 
 
+#: The per-bead arrays of a :class:`FitResult`, in field order.
+FIT_FIELDS = ("params", "cov_uv", "resid", "model", "chi2_red", "npix")
+
+
 def linear_init(p: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray,
                 pv: np.ndarray, cu: np.ndarray, cv: np.ndarray, setup: FitSetup) -> np.ndarray:
     """Solve the linear parameters (amplitude, background, edge step) for fixed shape ones."""

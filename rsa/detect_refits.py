@@ -21,6 +21,7 @@ from scipy.ndimage import convolve1d
 
 from rsa.detect_refine import (
     _QS,
+    FIT_FIELDS,
     IA,
     IBU,
     IBUU,
@@ -214,6 +215,14 @@ def _edge_start(p: np.ndarray, model: np.ndarray, data: np.ndarray, inside: np.n
     return q
 
 
+def _step_start(p: np.ndarray, model: np.ndarray, data: np.ndarray, inside: np.ndarray,
+                w: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Start of a step fit from a plain fit (``p``, ``model``): :func:`_edge_start` with the
+    linear parameters (amplitude, background, step) solved for the weights ``w``."""
+    q = _edge_start(p, model, data, inside, pu, pv, setup)
+    return linear_init(q, data, w, pu, pv, pu[:, setup.half], pv[:, setup.half], setup)
+
+
 def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray,
                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
                flagged: np.ndarray, fixed: tuple[int, ...], iterations: int,
@@ -243,13 +252,12 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     more than 2× either way), the step is also fitted from ``earlier`` and the fit of lower
     misfit kept (uniplanar implant seed 0, Y01-DOUBLE view B, tibia-04, 8 px from a saturated
     metal edge: the candidate pass found it 1.4 px off with amplitude 0.18, the final plain fit
-    went 2.4 px off with amplitude 0.02 and the step fit from there 9 px off, modelling
-    noise; the bead was lost). The edge is
-    then let curve (:func:`rsa.detect_refine.edge_profile`, a circle): kept over the straight
-    step where that lowers the misfit by more than noise could (χ²₁ at p = 0.001, same units),
-    or over no step where the curved step passes the test that the straight one failed (χ²₅): a
-    straight step fitted to a curved edge (a screw head, a cup rim) leaves misfit that pulls the
-    bead.
+    went 2.4 px off with amplitude 0.02 and the step fit from there 9 px off, modelling noise;
+    the bead was lost). The edge is then let curve (:func:`rsa.detect_refine.edge_profile`, a
+    circle): kept over the straight step where that lowers the misfit by more than noise could
+    (χ²₁ at p = 0.001, same units), or over no step where the curved step passes the test that
+    the straight one failed (χ²₅): a straight step fitted to a curved edge (a screw head, a cup
+    rim) leaves misfit that pulls the bead.
 
     Returns the fits of all beads in the edge layout (no step: amplitude 0).
     """
@@ -259,9 +267,8 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     cov, model, resid, chi2 = (x.copy() for x in (r.cov_uv, r.model, r.resid, r.chi2_red))
     infl = variance_inflation(rho)
     cost0 = r.chi2_red * np.maximum(r.npix - NPAR, 1)
-    q = _edge_start(r.params, r.model, data, inside, pu, pv, setup)
+    q = _step_start(r.params, r.model, data, inside, w, pu, pv, setup)
     cu, cv = pu[:, setup.half], pv[:, setup.half]
-    q = linear_init(q, data, w, pu, pv, cu, cv, setup)
     m_lin = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
     cost_lin = np.einsum("nij,nij->n", w, (data - m_lin) ** 2)
     screen = (cost0 - cost_lin) / (np.maximum(r.chi2_red, 1e-300) * infl) > 0.25 * _EDGE_CHI2
@@ -316,22 +323,24 @@ def _second_start(e: FitResult, start: np.ndarray, plain: np.ndarray, earlier: n
     j = np.flatnonzero(far & (earlier[:, IA] > 0))
     if not j.size:
         return e, start
-    cu, cv = pu[j, setup.half], pv[j, setup.half]
-    m = model_and_jacobian(earlier[j], pu[j], pv[j], cu, cv, setup, jac=False)[0]
-    q = _edge_start(earlier[j], m, data[j], inside[j], pu[j], pv[j], setup)
-    q = linear_init(q, data[j], w[j], pu[j], pv[j], cu, cv, setup)
+    m = model_and_jacobian(earlier[j], pu[j], pv[j], pu[j, setup.half], pv[j, setup.half], setup,
+                           jac=False)[0]
+    q = _step_start(earlier[j], m, data[j], inside[j], w[j], pu[j], pv[j], setup)
     e2 = fit(q, data[j], w[j], pu[j], pv[j], setup, iterations=iterations, rho=rho, fixed=fixed,
              box=(earlier[j][:, [IU, IV]], box_px))
     better = (e2.chi2_red < e.chi2_red[j]) & (e2.params[:, IA] > 0) & np.isfinite(
         e2.params).all(1)
-    j = j[better]
-    out = FitResult(**{n: getattr(e, n).copy() for n in ("params", "cov_uv", "resid", "model",
-                                                          "chi2_red", "npix")})
-    for n in ("params", "cov_uv", "resid", "model", "chi2_red", "npix"):
-        getattr(out, n)[j] = getattr(e2, n)[better]
     start = start.copy()
-    start[j] = earlier[j][:, [IU, IV]]
-    return out, start
+    start[j[better]] = earlier[j[better]][:, [IU, IV]]
+    return _scatter(e, j[better], e2, better), start
+
+
+def _scatter(a: FitResult, rows: np.ndarray, b: FitResult, take: np.ndarray) -> FitResult:
+    """A copy of ``a`` with its rows ``rows`` replaced by ``b``'s rows ``take``."""
+    out = {f: getattr(a, f).copy() for f in FIT_FIELDS}
+    for f in FIT_FIELDS:
+        out[f][rows] = getattr(b, f)[take]
+    return FitResult(**out)
 
 
 def _curved(e: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: np.ndarray,
@@ -348,7 +357,7 @@ def _rows(a: FitResult, b: FitResult, take: np.ndarray) -> FitResult:
     """``a`` with the rows ``take`` from ``b``."""
     return FitResult(**{f: np.where(take.reshape((-1,) + (1,) * (getattr(a, f).ndim - 1)),
                                      getattr(b, f), getattr(a, f))
-                        for f in ("params", "cov_uv", "resid", "model", "chi2_red", "npix")})
+                        for f in FIT_FIELDS})
 
 
 # shape parameters a rescued bead keeps from the image's typical bead
@@ -764,8 +773,7 @@ def split_merged(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarr
     cov, ma, resid = pair_outputs(pa, pb, red, hinv, infl, dat, u_, v_, setup)
     mb = model_and_jacobian(pb, u_, v_, u_[:, setup.half], v_[:, setup.half], setup,
                             jac=False)[0]                                # shared background
-    fields = {f: getattr(r, f).copy() for f in ("params", "cov_uv", "resid", "model", "chi2_red",
-                                                "npix")}
+    fields = {f: getattr(r, f).copy() for f in FIT_FIELDS}
     new = {"params": (pa, pb), "cov_uv": (cov[:, :2, :2], cov[:, 2:, 2:]),
            "resid": (resid, resid), "model": (ma, mb), "chi2_red": (red, red),
            "npix": (npix, npix)}
