@@ -3,8 +3,9 @@
 Run: ``python benchmarks/bench_pipeline.py [--setup uniplanar|biplanar] [--variant implant|spine]
 [--seed 0] [--keep DIR]``
 
-Generates the phantom study (rsa.synthetic.write_study), analyses it in this process (serial, so
-the stage times are those of one exam pair on one core) and prints:
+Generates the phantom study (rsa.synthetic.write_study), analyses it in this process (exams one
+after another, each exam's two views detected in two threads as ``analyse_study(executor="serial")``
+does: the stage times are those of one exam pair on this machine) and prints:
 
 * per exam the stage breakdown (read DICOM, detect both views, calibrate both views, match +
   triangulate), the total per exam pair, and the series/precision/store stage for the study;
