@@ -95,7 +95,8 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
         lsig = np.hypot(np.max(sig_px[y][c.y], axis=-1), np.hypot(cviews[x].rms_px,
                                                                   cviews[y].rms_px))
         sp = split_on_lines(images[x], det[x], c.centre, c.points, c.normals, lsig,
-                            pixel_spacing_mm=pixel_spacing_mm, options=opts)
+                            pixel_spacing_mm=pixel_spacing_mm, options=opts,
+                            detected=(c.x >= 0).all(axis=1))
         # the best split (largest χ² gain) first; each detection of either view used once
         ok = np.zeros(len(c), bool)
         used_x: set[int] = set()

@@ -35,7 +35,27 @@ The pair is kept when
   noise behind a metal implant gain over one bead there, at an SNR of 1–2;
 * both centres sit on their lines within 3 σ;
 * they are at least :data:`MIN_SEPARATION` typical radii apart, and each is at most
-  :data:`MAX_OFFSET` typical radii from the detection split.
+  :data:`MAX_OFFSET` typical radii from the detection split;
+* where both beads are detections already (``detected``: touching beads the detector
+  separated, whose pairing is unsound), the lines agree with the image: freed of them, the
+  pair's fit of the window gains no more than χ²₂ at p = 0.001 (:data:`_LINES_CHI2`, in the
+  gain's units). A line can come from a detection off its bead: uniplanar spine phantom seed 1,
+  noise draw 5, REF-DOUBLE: L5-04 is hidden behind a screw in view B and found there 1.2 px
+  off; the split of view A's two detections put L5-04 1.2 px onto that line and L5-07 0.15 px
+  off (the detector's joint fit: 0.03 and 0.01 px), a freed-of-the-lines gain of 121. Refused,
+  the detections stand. Not tested for a single detection split in two: there the image alone
+  cannot place two heavily overlapping beads, and the pair model's own error (below) makes
+  even true lines cost more than χ²₂ (tests/test_detect_lines.py scene, seeds 0, 1, 3: 10 of
+  18 true splits).
+
+The lines act as constraints, not as observations with their σ: each penalty, 1/σ² times the
+squared distance, is added to a pixel cost in units of the pixel variance (the normalised
+image's; reduced χ² times variance inflation 3·10⁻⁴–1·10⁻³ on the phantom's splits), so the
+line of σ 0.43 px above held like one of σ 0.007 px. Held at their stated σ instead (scaled by
+each window's pixel variance), splits near structure went wrong more often: uniplanar spine
+seeds 0–5, noise draws 0–1, 2D RMS error of the used beads 0.106 → 0.129 px, bead views off by
+more than 0.5 px 23 → 38 — the image term then absorbs the pair model's error near screws,
+which the tight lines held off.
 
 The centres' covariance is that of the joint fit (line penalties included), scaled by the pair's
 reduced χ² and the noise correlation's variance inflation, plus ``model_error_px`` and the pair
@@ -85,6 +105,9 @@ N_TYPICAL = 8
 #: benchmark does not use) are 0.47 px RMS per axis off, 0.119 typical radii (radius 3.95 px),
 #: up to 1.8 px; with 0.025 here their errors were 2.15× their σ (RMS).
 PAIR_MODEL_ERROR = 0.12
+#: χ²(2 dof) exceeded with probability 0.001: how much better the pair may fit the window
+#: without its two lines than on them
+_LINES_CHI2 = 13.82
 #: Smallest separation of the two centres, in typical radii, at which a split is kept.
 MIN_SEPARATION = 0.3
 #: Largest distance of either centre from the detection split, in typical radii: two beads
@@ -154,7 +177,8 @@ def _fit_one(work, p, setup, opts, rounds: int = 2, fixed=(ILC, ILK)):
 def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points: ArrayLike,
                    normals: ArrayLike, line_sigma_px: ArrayLike, *,
                    pixel_spacing_mm: ArrayLike, bead_diameters_mm: ArrayLike = (0.8, 1.0),
-                   options: DetectOptions | None = None) -> LineSplit:
+                   options: DetectOptions | None = None,
+                   detected: ArrayLike | None = None) -> LineSplit:
     """Fit the image around ``centres`` as two beads on two given lines (module doc).
 
     Parameters
@@ -172,6 +196,10 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
         Standard uncertainty of each line across itself (px).
     pixel_spacing_mm, bead_diameters_mm, options
         As given to :func:`rsa.detect.detect_beads`.
+    detected : (K,) array_like of bool, optional
+        Whether both beads of a candidate are detections already (touching beads the detector
+        separated): such a split must also agree with the image freed of the lines (module
+        doc). Default: none.
 
     Returns
     -------
@@ -194,6 +222,10 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
                          f"{nrm.shape}, {lsig.shape}.")
     if not np.isfinite(cen).all():
         raise InputError("split_on_lines: centres must be finite.")
+    both = np.zeros(K, bool) if detected is None else np.asarray(detected, bool)
+    if both.shape != (K,):
+        raise InputError(f"split_on_lines: expected `detected` of shape ({K},) for {K} centres, "
+                         f"got {both.shape}.")
     empty = LineSplit(np.full((K, 2, 2), np.nan), np.full((K, 2, 2), np.nan),
                       np.zeros(K, bool), np.full((K, 2), np.nan), np.full(K, np.nan))
     if K == 0:
@@ -284,6 +316,12 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
               & np.all(np.linalg.norm(cab - cen[rows][:, None], axis=2)
                        <= MAX_OFFSET * r_typ, axis=1)
               & np.all(snr >= opts.min_snr, axis=1))
+        # two detections: the lines must agree with the image (module doc)
+        k = np.flatnonzero(ok & both[rows])
+        if k.size:
+            free = fit_pair(a[k], b[k], d[k], wts[k], u[k], v[k], setup, fixed, opts.iterations,
+                            detector_blur=s_det)[2]
+            ok[k] = (cost[k] - pen[k] - free) / np.maximum(red[k] * infl, 1e-300) <= _LINES_CHI2
         cov = hinv * (red * infl)[:, None, None]
         var = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None).reshape(n, 2, 2)
         sig = np.sqrt(var + opts.model_error_px ** 2 + (PAIR_MODEL_ERROR * r_typ) ** 2)

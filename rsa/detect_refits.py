@@ -556,7 +556,9 @@ def fit_pair(pa: np.ndarray, pb: np.ndarray, data: np.ndarray, wts: np.ndarray,
 
     ``lines`` = (normals (N, 2, 2), offsets (N, 2), weights (N, 2)) adds, for bead A and B, the
     penalty ``weight · (offset − normal·centre)²``: each centre observed on a line (e.g. its
-    epipolar line from the other view) with standard uncertainty ``weight^(−½)`` across it.
+    epipolar line from the other view) with standard uncertainty ``weight^(−½)`` across it, in
+    the units of the pixel cost (``wts`` relative to the pixel variance: a weight 1/σ² holds the
+    line far tighter than σ, as :mod:`rsa.detect_lines` uses it).
 
     Returns both parameter sets, the weighted cost (pixels plus penalties) and the (N, 4, 4)
     inverse normal matrix of the two centres (uA, vA, uB, vB), unscaled.

@@ -84,7 +84,9 @@ def one_view_overlaps(view_x, view_y, uv_x: np.ndarray, uv_y: np.ndarray, pairs:
       bead; the second is new), or each other lone line near it for a lone X detection or a
       turned-down candidate.
     * Two X detections closer than 3 radii (touching beads, deblended) whose pairs are not both
-      sound are refitted jointly on their partners' lines, each keeping its own bead.
+      sound are refitted jointly on their partners' lines, each keeping its own bead (only
+      where the lines agree with the image: ``detected`` of
+      :func:`rsa.detect_lines.split_on_lines`).
 
     The image fit decides which candidates, if any, are two beads.
     """
