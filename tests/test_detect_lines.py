@@ -129,3 +129,7 @@ def test_bad_shapes_refused():
     with pytest.raises(InputError, match="finite"):
         split_on_lines(rv.image, beads, np.full((1, 2), np.nan), np.zeros((1, 2, 2)),
                        np.zeros((1, 2, 2)), np.zeros((1, 2)), pixel_spacing_mm=SPACING)
+    with pytest.raises(InputError, match="detected"):
+        split_on_lines(rv.image, beads, np.zeros((1, 2)), np.zeros((1, 2, 2)),
+                       np.zeros((1, 2, 2)), np.ones((1, 2)), pixel_spacing_mm=SPACING,
+                       detected=[True, False])
