@@ -16,6 +16,8 @@ The one-bead detection of such a pair sits between the beads, 0.8–3 px from ea
 (tests/test_detect_overlap.py).
 """
 
+from functools import cache
+
 import numpy as np
 import pytest
 from test_detect_overlap import N_CONTROL, OPTIONS, SPACING, _scene
@@ -28,9 +30,15 @@ SEPARATIONS = np.array([0.4, 0.6, 0.8, 1.0, 1.2, 1.6])
 LINE_SIGMA = 0.05   # px
 
 
-def _lines(seed):
+@cache
+def _detected(seed):
+    """The rendered scene of ``seed`` and its detections (shared by the tests of one seed)."""
     rv, _ = _scene(seed, SEPARATIONS)
-    beads = detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
+    return rv, detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
+
+
+def _lines(seed):
+    rv, beads = _detected(seed)
     rng = np.random.default_rng(100 + seed)
     uv = rv.uv_px
     centres, points, normals, truth = [], [], [], []
@@ -98,8 +106,7 @@ def test_detected_pair_kept_against_a_line_off_its_bead(seed):
     WRONG_SIGMA. Freed of the lines the pair fits the window far better than on them: the
     split is refused (kept, it would move bead B by WRONG_OFFSET).
     """
-    rv, _ = _scene(seed, SEPARATIONS)
-    beads = detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
+    rv, beads = _detected(seed)
     rng = np.random.default_rng(200 + seed)
     centres, points, normals = [], [], []
     for k in np.flatnonzero(SEPARATIONS >= 1.0):
