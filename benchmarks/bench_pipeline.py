@@ -3,9 +3,11 @@
 Run: ``python benchmarks/bench_pipeline.py [--setup uniplanar|biplanar] [--variant implant|spine]
 [--seed 0] [--keep DIR]``
 
-Generates the phantom study (rsa.synthetic.write_study), analyses it in this process (exams one
-after another, each exam's two views detected in two threads as ``analyse_study(executor="serial")``
-does: the stage times are those of one exam pair on this machine) and prints:
+Generates the phantom study (rsa.synthetic.write_study), analyses it with
+``analyse_study(executor="views")`` (exams one after another, each exam's two views read and
+detected in two worker processes while the main process reads them for the later stages: the
+stage times are those of one exam pair on this machine; "detect" is the wait for the workers
+after the main process has read the views) and prints:
 
 * per exam the stage breakdown (read DICOM, detect both views, calibrate both views, match +
   triangulate), the total per exam pair, and the series/precision/store stage for the study;
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace, base: Path) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RsaWarning)
-        result = analyse_study(study / "study.toml", base / "results", executor="serial",
+        result = analyse_study(study / "study.toml", base / "results", executor="views",
                                resume=False)
     with open(study / "truth.json", encoding="utf-8") as fh:
         truth = json.load(fh)

@@ -29,10 +29,10 @@ from rsa import __version__
 from rsa.cage import Cage, load_cage
 from rsa.calibrate import calibrate_exam
 from rsa.correspond import correspond
-from rsa.detect import DetectOptions, detect_beads
+from rsa.detect import Beads2D, DetectOptions, detect_beads
 from rsa.errors import InputError, RsaError, RsaWarning
 from rsa.io.images import Radiograph, read_radiograph, split_views
-from rsa.io.manifest import ExamSpec, StudySpec, load_manifest
+from rsa.io.manifest import ExamSpec, ImageSpec, StudySpec, load_manifest
 from rsa.io.store import ResultStore
 from rsa.series import COMPONENTS, analyse_subject, significance, study_precision
 
@@ -98,15 +98,32 @@ def inputs_key(exam: ExamSpec, study: StudySpec, hashes: tuple[str, ...]) -> str
     return h.hexdigest()[:32]
 
 
+def _image_views(im: ImageSpec) -> dict[str, Radiograph]:
+    """The views of one image file (the manifest names a side-by-side file's left to right)."""
+    r = read_radiograph(im.file)
+    if len(im.views) == 1:
+        return {im.views[0]: r}
+    return split_views(replace(r, layout=tuple(im.views)))
+
+
+# rsa.io returns every image with beads bright (MONOCHROME1 inverted, PNG/TIFF per the caller's
+# `invert`), so the polarity is known here and not guessed from the image.
+_DETECT = DetectOptions(polarity="bright")
+
+
+def _detect(r: Radiograph) -> Beads2D:
+    return detect_beads(r.image, pixel_spacing_mm=r.pixel_spacing_mm, options=_DETECT)
+
+
+def _read_and_detect(im: ImageSpec, view: str) -> Beads2D:
+    """A view pool's job: read one view of an image file and detect its beads."""
+    return _detect(_image_views(im)[view])
+
+
 def _load_views(exam: ExamSpec) -> dict[str, Radiograph]:
     views: dict[str, Radiograph] = {}
     for im in exam.images:
-        r = read_radiograph(im.file)
-        if len(im.views) == 1:
-            views[im.views[0]] = r
-            continue
-        # the manifest names the views of a side-by-side file (left to right)
-        views.update(split_views(replace(r, layout=tuple(im.views))))
+        views.update(_image_views(im))
     names = list(views)
     a, b = views[names[0]], views[names[1]]
     if a.shape != b.shape or not np.allclose(a.pixel_spacing_mm, b.pixel_spacing_mm):
@@ -118,32 +135,40 @@ def _load_views(exam: ExamSpec) -> dict[str, Radiograph]:
 
 
 def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | None = None,
-                 *, view_threads: int = 1) -> ExamMeasurement:
+                 *, view_threads: int = 1, view_pool: Executor | None = None
+                 ) -> ExamMeasurement:
     """Detect, calibrate, match and triangulate one exam (see module docstring).
 
+    ``view_pool`` (two worker processes) reads and detects each view in a worker while this
+    process reads the views for the later stages (the images are not sent back: that would
+    cost more than reading them): the shortest time for one exam. Otherwise
     ``view_threads`` > 1 detects the two views in parallel threads (NumPy releases the GIL in
-    the fits): the serial study run uses it; process-pool workers keep one thread each.
+    its larger operations, but the fits' many small ones contend for it: about 20 % slower than
+    two processes on the spine phantom). Process-pool workers that each measure whole exams keep
+    one thread each. With a view pool, ``seconds["detect"]`` is the wait for the workers after
+    this process has read the views.
     """
     cage = cage or load_cage(_cage_ref(study))
     secs: dict[str, float] = {}
-    t = time.perf_counter()
-    views = _load_views(exam)
-    secs["read"] = time.perf_counter() - t
-    names = tuple(views)
-    t = time.perf_counter()
-    # rsa.io returns every image with beads bright (MONOCHROME1 inverted, PNG/TIFF per the
-    # caller's `invert`), so the polarity is known here and not guessed from the image.
-    opts = DetectOptions(polarity="bright")
-
-    def detect(r: Radiograph):
-        return detect_beads(r.image, pixel_spacing_mm=r.pixel_spacing_mm, options=opts)
-
-    if view_threads > 1 and len(views) > 1:
-        with ThreadPoolExecutor(max_workers=min(view_threads, len(views))) as pool:
-            beads = dict(zip(views, pool.map(detect, views.values()), strict=True))
-    else:
-        beads = {v: detect(r) for v, r in views.items()}
+    jobs = {v: view_pool.submit(_read_and_detect, im, v) for im in exam.images
+            for v in im.views} if view_pool is not None else {}
+    try:
+        t = time.perf_counter()
+        views = _load_views(exam)
+        secs["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if jobs:
+            beads = {v: jobs[v].result() for v in views}
+        elif view_threads > 1 and len(views) > 1:
+            with ThreadPoolExecutor(max_workers=min(view_threads, len(views))) as pool:
+                beads = dict(zip(views, pool.map(_detect, views.values()), strict=True))
+        else:
+            beads = {v: _detect(r) for v, r in views.items()}
+    finally:
+        for job in jobs.values():   # e.g. a view that failed to read: the other is not wanted
+            job.cancel()
     secs["detect"] = time.perf_counter() - t
+    names = tuple(views)
     t = time.perf_counter()
     first = views[names[0]]
     try:
@@ -156,7 +181,7 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     cviews = (cal.a, cal.b)
     cor = correspond((views[names[0]].image, views[names[1]].image), (beads[names[0]],
                      beads[names[1]]), cal, pixel_spacing_mm=first.pixel_spacing_mm,
-                     gate_mm=study.thresholds["gate_mm"], options=opts)
+                     gate_mm=study.thresholds["gate_mm"], options=_DETECT)
     m, sigma, misfit = cor.match, cor.sigma_mm, cor.misfit
     uv_a, uv_b = cor.uv_px
     secs["match"] = time.perf_counter() - t
@@ -217,10 +242,13 @@ def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
     manifest : path or StudySpec
     out_dir : path
         Receives ``results.sqlite`` and the CSV/JSON exports.
-    executor : Executor, "process", "serial" or None
-        Where exams are measured: a local process pool by default, any
-        ``concurrent.futures.Executor`` (e.g. ``dask.distributed.Client(addr).get_executor()``),
-        or in this process ("serial"/None).
+    executor : Executor, "process", "views", "serial" or None
+        Where exams are measured: a local process pool by default (``max_workers`` exams at
+        once; a single exam to measure runs as "views"), any ``concurrent.futures.Executor``
+        (e.g. ``dask.distributed.Client(addr).get_executor()``), one exam after another with
+        each exam's two views read and detected in two worker processes ("views": the
+        shortest time per exam), or in this process with the two views in two threads
+        ("serial"/None).
     resume : bool
         Reuse stored measurements of exams whose inputs (file hashes, cage, thresholds, version)
         are unchanged, so an interrupted run continues where it stopped.
@@ -275,17 +303,24 @@ def _measure_all(study, cage, store, executor, max_workers, resume, progress):
     total = len(exams)
     if progress:
         progress("measure", len(out), total)
-    if executor == "process" and len(todo) > 1:
-        executor = ProcessPoolExecutor(max_workers=max_workers or 2)
-        own = True
-    else:
-        own = False
+    if executor == "process" and len(todo) <= 1:
+        executor = "views"   # one exam: its two views in two processes is the fastest
+    own = None
+    if executor == "process":
+        executor = own = ProcessPoolExecutor(max_workers=max_workers or 2)
+    elif executor == "views" and todo:
+        own = ProcessPoolExecutor(max_workers=2)
     try:
         if isinstance(executor, Executor):
             futures = [executor.submit(measure_exam, e, subj, study, cage) for subj, e in todo]
             results = (f.result() for f in futures)
-        else:
+        elif executor == "views":
+            results = (measure_exam(e, subj, study, cage, view_pool=own) for subj, e in todo)
+        elif executor in ("serial", None):
             results = (measure_exam(e, subj, study, cage, view_threads=2) for subj, e in todo)
+        else:
+            raise InputError(f"analyse_study: executor {executor!r} is not an Executor, "
+                             f"'process', 'views', 'serial' or None")
         for m in results:
             out[m.key] = m
             # Store the raw measurement at once: a killed run resumes from here.
@@ -293,8 +328,8 @@ def _measure_all(study, cage, store, executor, max_workers, resume, progress):
             if progress:
                 progress("measure", len(out), total)
     finally:
-        if own:
-            executor.shutdown(cancel_futures=True)
+        if own is not None:
+            own.shutdown(cancel_futures=True)
     return out
 
 

@@ -7,6 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rsa.cli import app
+from rsa.errors import InputError
+from rsa.pipeline import analyse_study
 from rsa.synthetic import write_study
 
 SMALL = {"detector_px": 600, "pixel_spacing_mm": 0.715}  # fast to render; never analysed here
@@ -101,3 +103,16 @@ def test_images_of_different_size(copy, tmp_path):
 def test_missing_manifest(tmp_path):
     out = tmp_path / "out"
     _assert_clean_error(_run(tmp_path / "none.toml", out), out, "manifest file not found")
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda f: f.write_bytes(f.read_bytes()[:5000]), "REF_A.dcm"),
+    (lambda f: _dicom_edit(f, lambda ds: delattr(ds, "PixelData")), "has no `PixelData`"),
+])
+def test_bad_view_in_a_view_pool(copy, tmp_path, edit, match):
+    """The views read and detected in worker processes: the same clear error, from there or
+    from this process's own read."""
+    edit(copy / "S01" / "REF_A.dcm")
+    with pytest.raises(InputError, match=match):
+        analyse_study(copy / "study.toml", tmp_path / "out", executor="views")
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -6,14 +6,16 @@ test fast; the full-size bundled studies are measured by benchmarks/bench_pipeli
 
 import json
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 from migration_targets import assert_migration_targets
 
 from rsa.errors import RsaWarning
+from rsa.io.manifest import load_manifest
 from rsa.io.store import ResultStore
-from rsa.pipeline import ExamMeasurement, analyse_study, bead_status
+from rsa.pipeline import ExamMeasurement, analyse_study, bead_status, measure_exam
 from rsa.synthetic import write_study
 
 SMALL = {"detector_px": 1500, "pixel_spacing_mm": 0.286}
@@ -113,3 +115,19 @@ def test_resume_reuses_stored_exams(analysed):
     b = again.series[0].motions["implant/tibia"].translation_mm
     # stored at full float precision (SQLite REAL) → identical motions
     np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_where_the_views_are_detected_does_not_change_the_measurement(analysed):
+    """Two worker processes (a view pool), two threads, or one thread: the same measurement as
+    the fixture's (each exam measured whole in a process-pool worker)."""
+    study, _, result = analysed
+    spec = load_manifest(study / "study.toml")
+    subj = spec.subjects[0]
+    exam = subj.exams[1]
+    ref = result.measurements[f"{subj.id}/{exam.id}"]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        pooled = measure_exam(exam, subj.id, spec, view_pool=pool)
+    for m in (pooled, measure_exam(exam, subj.id, spec, view_threads=2),
+              measure_exam(exam, subj.id, spec)):
+        np.testing.assert_array_equal(m.points_mm, ref.points_mm)
+        np.testing.assert_array_equal(m.sigma_px, ref.sigma_px)
