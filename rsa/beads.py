@@ -19,7 +19,9 @@ seed nor join groups.
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +70,8 @@ def list_beads(study: StudySpec, subject: str | None = None, exam: str | None = 
     if ex is None:
         raise InputError(f"{study.path}: subject {subj.id} has no exam {exam!r} (exams: "
                          f"{', '.join(e.id for e in subj.exams)})")
-    m = measure_exam(ex, subj.id, study, view_threads=2)
+    with ProcessPoolExecutor(max_workers=2) as pool:   # its two views in two processes
+        m = measure_exam(ex, subj.id, study, view_pool=pool)
     p = m.points_mm
     order = np.lexsort((p[:, 0], p[:, 1])) if len(p) else np.zeros(0, int)
     width = max(2, len(str(len(p))))
@@ -113,7 +116,9 @@ def group_listing(study: StudySpec, listing: BeadListing, *, tol_mm: float | Non
     if not others:
         raise InputError(f"{study.path}: subject {subj.id} has no exam besides "
                          f"{listing.exam.id}; grouping beads by their motion needs a series.")
-    points = [measure_exam(e, subj.id, study, view_threads=2).points_mm for e in others]
+    with ProcessPoolExecutor(max_workers=2) as pool:   # two exams at a time
+        points = [m.points_mm for m in pool.map(measure_exam, others, repeat(subj.id),
+                                                repeat(study))]
     th = study.thresholds
     tol = TOL_MM if tol_mm is None else float(tol_mm)
     reference = np.where(listing.candidate[:, None], np.nan, listing.xyz_mm)
