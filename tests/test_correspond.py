@@ -66,8 +66,9 @@ def overlap_exam():
     return images, dets, cal, spacing, xyz[pair], [u[pair] for u in uv_true]
 
 
-def _run(overlap_exam, split):
-    images, dets, cal, spacing, _, _ = overlap_exam
+def _run(exam, split=True):
+    """``correspond`` on an exam (a tuple starting images, detections, calibration, spacing)."""
+    images, dets, cal, spacing = exam[:4]
     return correspond(tuple(images), tuple(dets), cal, pixel_spacing_mm=spacing, gate_mm=0.5,
                       options=OPTIONS, split_overlaps=split)
 
@@ -276,9 +277,8 @@ def screw_head_exam():
 
 
 def test_split_centres_lie_on_beads(screw_head_exam):
-    images, dets, cal, spacing, _, _, uv_true = screw_head_exam
-    cor = correspond(tuple(images), tuple(dets), cal, pixel_spacing_mm=spacing, gate_mm=0.5,
-                     options=OPTIONS)
+    _, dets, cal, _, _, _, uv_true = screw_head_exam
+    cor = _run(screw_head_exam)
     for det, view, uv, truth in zip(dets, (cal.a, cal.b), cor.uv_px, uv_true, strict=True):
         orig = det.uv_px[view.patient_mask]
         moved = np.any(uv[:len(orig)] != orig, axis=1)
@@ -296,9 +296,8 @@ def test_heavily_overlapping_pair_split(screw_head_exam):
     kept the merged centre (39σ off).
     Every other detection paired as a bead (within 2 px of a true centre) is within 4σ as well
     (measured: largest 2.8σ, L5-05 near a screw in view A)."""
-    images, dets, cal, spacing, _, names, uv_true = screw_head_exam
-    cor = correspond(tuple(images), tuple(dets), cal, pixel_spacing_mm=spacing, gate_mm=0.5,
-                     options=OPTIONS)
+    *_, names, uv_true = screw_head_exam
+    cor = _run(screw_head_exam)
     for x in range(2):
         rows = cor.match.pairs[:, x]
         uv, sig = cor.uv_px[x][rows], cor.sigma_px[x][rows]
@@ -329,9 +328,8 @@ def one_bead_exam():
 
 
 def test_one_bead_is_not_split_in_two(one_bead_exam):
-    images, dets, cal, spacing, _, names, uv_true = one_bead_exam
-    cor = correspond(tuple(images), tuple(dets), cal, pixel_spacing_mm=spacing, gate_mm=0.5,
-                     options=OPTIONS)
+    *_, names, uv_true = one_bead_exam
+    cor = _run(one_bead_exam)
     for uv, truth in zip(cor.uv_px, uv_true, strict=True):
         d = np.linalg.norm(uv[:, None] - truth[None], axis=-1)
         near = d.min(axis=1) < 2.5                     # rows on a true bead, by nearest bead
