@@ -254,6 +254,9 @@ def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
         are unchanged, so an interrupted run continues where it stopped.
     progress : callable(stage, done, total), optional
     """
+    if not (isinstance(executor, Executor) or executor in ("process", "views", "serial", None)):
+        raise InputError(f"analyse_study: executor {executor!r} is not an Executor, "
+                         f"'process', 'views', 'serial' or None")
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     study = manifest if isinstance(manifest, StudySpec) else load_manifest(manifest)
@@ -316,11 +319,8 @@ def _measure_all(study, cage, store, executor, max_workers, resume, progress):
             results = (f.result() for f in futures)
         elif executor == "views":
             results = (measure_exam(e, subj, study, cage, view_pool=own) for subj, e in todo)
-        elif executor in ("serial", None):
-            results = (measure_exam(e, subj, study, cage, view_threads=2) for subj, e in todo)
         else:
-            raise InputError(f"analyse_study: executor {executor!r} is not an Executor, "
-                             f"'process', 'views', 'serial' or None")
+            results = (measure_exam(e, subj, study, cage, view_threads=2) for subj, e in todo)
         for m in results:
             out[m.key] = m
             # Store the raw measurement at once: a killed run resumes from here.

@@ -116,3 +116,10 @@ def test_bad_view_in_a_view_pool(copy, tmp_path, edit, match):
     with pytest.raises(InputError, match=match):
         analyse_study(copy / "study.toml", tmp_path / "out", executor="views")
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_unknown_executor(tmp_path):
+    """Refused before anything is read or written."""
+    with pytest.raises(InputError, match="executor 'threads' is not an Executor"):
+        analyse_study(tmp_path / "study.toml", tmp_path / "out", executor="threads")
+    assert not (tmp_path / "out").exists()
