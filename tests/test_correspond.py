@@ -10,7 +10,7 @@ the exam. The epipolar lines of the two A detections pass through the turned-dow
 (:attr:`rsa.detect.Beads2D.turned_down_uv`); fitted there as two beads held to those lines, both
 are found.
 
-Measured: both 3D beads 8 µm from the truth with a reported σ of 90–94 µm (their view-B centres
+Measured: both 3D beads 8 µm from the truth with a reported σ of 38–40 µm (their view-B centres
 0.03–0.05 px from the truth; the σ holds the split model's error on the phantom,
 ``rsa.detect_lines.PAIR_MODEL_ERROR``); without the split neither is within 0.5 mm of any 3D
 point.
@@ -98,7 +98,7 @@ def test_both_found_with_the_split(overlap_exam):
     d = np.linalg.norm(cor.match.points_mm[:, None] - xyz[None], axis=-1)
     k = np.argmin(d, axis=0)
     assert cor.n_split == 1
-    # within their reported 3D uncertainty (3σ; measured 8 µm at σ 90–94 µm) and flagged
+    # within their reported 3D uncertainty (3σ; measured 8 µm at σ 38–40 µm) and flagged
     assert np.all(d[k, [0, 1]] <= 3.0 * cor.sigma_mm[k]), (d[k, [0, 1]], cor.sigma_mm[k])
     assert np.all(cor.misfit[k])
     assert k[0] != k[1]
@@ -317,8 +317,8 @@ def test_heavily_overlapping_pair_split(screw_head_exam):
 # epipolar line of a view-A detection whose own bead is not found in B passes within a radius
 # of another bead, so that bead is fitted as two on two lines. Next to anatomy the pair fits
 # the window a little better than one bead (χ² gain 3), and while a gain ≥ 0 sufficed the split
-# was kept: both "beads" on the one true bead, 0.2 and 1.9 px off it (σ 0.5). A split must now
-# gain more than χ²₂ at p = 0.001 (``rsa.detect_lines._CHI2_2``).
+# was kept: both "beads" on the one true bead, 0.2 and 1.9 px off it (σ 0.5 px then). A split
+# must now gain more than χ²₂ at p = 0.001 (``rsa.detect_lines._CHI2_2``).
 ONE_SEED, ONE_EXAM = 9, "Y01-FLEX"
 
 
