@@ -291,11 +291,11 @@ def test_heavily_overlapping_pair_split(screw_head_exam):
     """In view A of this exam L5-04 and L5-07 project 2.6 px apart (0.57 radii) and leave one
     detection between them, 1.2 px from L5-04 with σ 0.025 px; view B shows both. Fitted on
     their epipolar lines with the joint image of two beads (``rsa.detect_lines``), the
-    detection is split: both are paired, each within 4σ of its true centre (measured: 0.19
-    and 0.03 px off, 0.3σ and 0.07σ). Before, the split was refused, L5-07 was lost and L5-04
+    detection is split: both are paired, each within 4σ of its true centre (measured: 0.20
+    and 0.03 px off, 0.8σ and 0.12σ). Before, the split was refused, L5-07 was lost and L5-04
     kept the merged centre (39σ off).
     Every other detection paired as a bead (within 2 px of a true centre) is within 4σ as well
-    (measured: largest 2.8σ, L5-05 near a screw in view A)."""
+    (measured: largest 1.4σ, L5-05 near a screw in view A)."""
     *_, names, uv_true = screw_head_exam
     cor = _run(screw_head_exam)
     for x in range(2):
