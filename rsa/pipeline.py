@@ -247,8 +247,8 @@ def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
         once; a single exam to measure runs as "views"), any ``concurrent.futures.Executor``
         (e.g. ``dask.distributed.Client(addr).get_executor()``), one exam after another with
         each exam's two views read and detected in two worker processes ("views": the
-        shortest time per exam), or in this process with the two views in two threads
-        ("serial"/None).
+        shortest time per exam; ``max_workers`` = 1 keeps one), or in this process with the
+        two views in two threads ("serial"/None).
     resume : bool
         Reuse stored measurements of exams whose inputs (file hashes, cage, thresholds, version)
         are unchanged, so an interrupted run continues where it stopped.
@@ -312,7 +312,7 @@ def _measure_all(study, cage, store, executor, max_workers, resume, progress):
     if executor == "process":
         executor = own = ProcessPoolExecutor(max_workers=max_workers or 2)
     elif executor == "views" and todo:
-        own = ProcessPoolExecutor(max_workers=2)
+        own = ProcessPoolExecutor(max_workers=min(max_workers or 2, 2))
     try:
         if isinstance(executor, Executor):
             futures = [executor.submit(measure_exam, e, subj, study, cage) for subj, e in todo]
