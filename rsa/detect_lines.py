@@ -288,25 +288,23 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
         n = len(rows)
         d, u, v = data[rows], pu[rows], pv[rows]
         lines = (nrm[rows], off[rows], lw[rows])
-        best = None
-        for shift in (0.0, 0.4 * r_typ, -0.4 * r_typ):
-            pa = np.repeat(typ[None], n, axis=0)
-            pa[:, IB0:] = one.params[rows, IB0:]       # the one-bead fit's background
-            pa[:, IE1] = pa[:, IE2] = 0.0              # round
-            pb = pa.copy()
-            pa[:, [IU, IV]] = foot[rows, 0] + shift * along[rows, 0]
-            pb[:, [IU, IV]] = foot[rows, 1] - shift * along[rows, 1]
-            pa[:, IA] = pb[:, IA] = typ[IA]
-            a, b, cost, hinv = fit_pair(pa, pb, d, weights(pa, pb, rows), u, v, setup,
-                                        fixed, max(4, opts.iterations // 3), lines=lines,
-                                        detector_blur=s_det)
-            if best is None:
-                best = (a, b, cost, hinv)
-            else:
-                better = np.nan_to_num(cost, nan=np.inf) < best[2]
-                best = tuple(np.where(better.reshape(-1, *([1] * (x.ndim - 1))), y, x)
-                             for x, y in zip(best, (a, b, cost, hinv), strict=True))
-        a, b, _, _ = best
+        # the three starts as one batch (the fit is row by row): shift-major rows
+        shifts = np.repeat([0.0, 0.4 * r_typ, -0.4 * r_typ], n)[:, None]
+        r3 = np.tile(rows, 3)
+        pa = np.repeat(typ[None], 3 * n, axis=0)
+        pa[:, IB0:] = one.params[r3, IB0:]           # the one-bead fit's background
+        pa[:, IE1] = pa[:, IE2] = 0.0                # round
+        pb = pa.copy()
+        pa[:, [IU, IV]] = foot[r3, 0] + shifts * along[r3, 0]
+        pb[:, [IU, IV]] = foot[r3, 1] - shifts * along[r3, 1]
+        pa[:, IA] = pb[:, IA] = typ[IA]
+        a, b, cost, _ = fit_pair(pa, pb, data[r3], weights(pa, pb, r3), pu[r3], pv[r3], setup,
+                                 fixed, max(4, opts.iterations // 3),
+                                 lines=(nrm[r3], off[r3], lw[r3]), detector_blur=s_det)
+        # the best start of each candidate (the first of equal ones)
+        pick = np.argmin(np.nan_to_num(cost, nan=np.inf).reshape(3, n), axis=0) * n
+        pick += np.arange(n)
+        a, b = a[pick], b[pick]
         wts = weights(a, b, rows)
         a, b, cost, hinv = fit_pair(a, b, d, wts, u, v, setup, fixed, opts.iterations,
                                     lines=lines, detector_blur=s_det)
