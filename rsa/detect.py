@@ -201,6 +201,10 @@ class Beads2D:
         e.g. two beads overlapping by about a radius, which pull a one-bead fit off its
         candidate. The correspondence stage may split them with the other view's epipolar
         lines (:mod:`rsa.epipolar`).
+    noise_blur_px : float
+        Width (px) of the Gaussian that gives the image's pixel noise its correlation
+        (:func:`rsa.detect_refine.noise_blur`; NaN when no bead was found): later fits of the
+        same image (:mod:`rsa.detect_lines`) take it from here.
     """
 
     uv_px: np.ndarray
@@ -216,6 +220,7 @@ class Beads2D:
     polarity: str = "bright"
     log_display: bool = True
     turned_down_uv: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    noise_blur_px: float = float("nan")
     flags: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:

@@ -94,9 +94,10 @@ from rsa.detect_refine import (
     IU,
     IV,
     NPAR,
+    blur_correlation,
     make_setup,
     model_and_jacobian,
-    noise_correlation,
+    noise_blur,
     variance_inflation,
 )
 from rsa.detect_refits import blocked, fit_pair, pair_weights
@@ -278,7 +279,8 @@ def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points:
 
     lw = 1.0 / np.maximum(lsig, 1e-3) ** 2
     npa = NPAR
-    rho, s_det = noise_correlation(work)
+    s_det = beads.noise_blur_px if np.isfinite(beads.noise_blur_px) else noise_blur(work)
+    rho = blur_correlation(s_det)
     infl = variance_inflation(rho)
     cu, cv = pu[:, setup.half], pv[:, setup.half]
     model1 = model_and_jacobian(one.params, pu, pv, cu, cv, setup, jac=False)[0]

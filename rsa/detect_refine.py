@@ -46,6 +46,7 @@ References
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -520,12 +521,19 @@ def variance_inflation(rho: np.ndarray) -> float:
 
 
 def noise_correlation(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """Normalised autocorrelation (2·LAG+1, 2·LAG+1) of the pixel noise of ``image``, and σ_n.
+    """Normalised autocorrelation (2·LAG+1, 2·LAG+1) of the pixel noise of ``image``, and σ_n
+    (:func:`noise_blur`, :func:`blur_correlation`)."""
+    s_n = noise_blur(image)
+    return blur_correlation(s_n), s_n
 
-    Detector blur after quantum absorption correlates neighbouring pixels' noise. Modelled as
-    white noise blurred by a Gaussian of width σ_n, whose value is found by matching the
-    lag-1 correlation of the 4-neighbour Laplacian of the image (which removes the smooth
-    anatomy; strong structure is trimmed at 4 robust σ) to its prediction.
+
+def noise_blur(image: np.ndarray) -> float:
+    """Width σ_n (px) of the Gaussian that, blurring white noise, gives the pixel noise of
+    ``image`` its correlation.
+
+    Detector blur after quantum absorption correlates neighbouring pixels' noise. σ_n is found
+    by matching the lag-1 correlation of the 4-neighbour Laplacian of the image (which removes
+    the smooth anatomy; strong structure is trimmed at 4 robust σ) to its prediction.
     """
     st = max(2, image.shape[0] // 500)           # every st-th row suffices
     c = image[1:-1:st, 1:-1]
@@ -538,6 +546,14 @@ def noise_correlation(image: np.ndarray) -> tuple[np.ndarray, float]:
     m = (np.abs(L) < 4 * mad) & (np.abs(R) < 4 * mad)
     den = np.sqrt(np.sum(L[m] ** 2) * np.sum(R[m] ** 2))
     r1 = float(np.sum(L[m] * R[m]) / den) if den > 0 else -1.0   # no noise: white
+    sig, pred = _laplacian_lag1()
+    return float(np.interp(r1, pred, sig, left=0.0))
+
+
+@functools.cache
+def _laplacian_lag1() -> tuple[np.ndarray, np.ndarray]:
+    """Blur widths σ and the lag-1 correlation of the Laplacian of white noise blurred by
+    each (increasing), for :func:`noise_blur`."""
     sig = np.linspace(0.2, 1.6, 57)
     pred = []
     for s_ in sig:
@@ -547,8 +563,12 @@ def noise_correlation(image: np.ndarray) -> tuple[np.ndarray, float]:
             for dx in range(3):
                 kl[dy:dy + k.shape[0], dx:dx + k.shape[1]] += _LAP[dy, dx] * k
         pred.append(_corr(kl, 0, 1))
-    s_n = float(np.interp(r1, pred, sig, left=0.0))
+    return sig, np.array(pred)
+
+
+def blur_correlation(s_n: float) -> np.ndarray:
+    """Normalised autocorrelation (2·LAG+1, 2·LAG+1) of white noise blurred by a Gaussian of
+    width ``s_n`` px (:func:`noise_blur`)."""
     k = _blur_kernel(s_n)
-    rho = np.array([[_corr(k, dy, dx) for dx in range(-LAG, LAG + 1)]
-                    for dy in range(-LAG, LAG + 1)])
-    return rho, s_n
+    return np.array([[_corr(k, dy, dx) for dx in range(-LAG, LAG + 1)]
+                     for dy in range(-LAG, LAG + 1)])

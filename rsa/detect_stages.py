@@ -155,7 +155,8 @@ def _empty() -> dict[str, np.ndarray]:
     b = np.zeros(0, bool)
     return {"uv_px": np.zeros((0, 2)), "radius_px": z, "contrast": z, "snr": z,
             "sigma_px": np.zeros((0, 2)), "score": z, "touching": b, "near_edge": b,
-            "occluded": b, "clipped": b, "turned_down_uv": np.zeros((0, 2))}
+            "occluded": b, "clipped": b, "turned_down_uv": np.zeros((0, 2)),
+            "noise_blur_px": float("nan")}
 
 
 def _duplicates(p: np.ndarray, rows: np.ndarray, score: np.ndarray, dist: float) -> np.ndarray:
@@ -520,4 +521,4 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     idx = idx[np.argsort(-score[idx], kind="stable")][: opts.max_beads]
     cols = (uv, rad, contrast, snr, sig, score, touching, near_edge, occluded, clipped)
     return {**{k: c[idx] for k, c in zip(_FIELDS, cols, strict=True)},
-            "turned_down_uv": turned_down}
+            "turned_down_uv": turned_down, "noise_blur_px": s_det}

@@ -10,8 +10,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy.ndimage import gaussian_filter
 
-from rsa.detect_refine import _kernels
+from rsa.detect_refine import _kernels, noise_blur
 
 
 def _entry(lo: float, hi: float, mu: float, sigma: float, sub: int) -> float:
@@ -54,3 +55,13 @@ def test_kernels_match_pixel_integrals(sub):
     only = _kernels(centre, sigma, pix, g, sub, False)
     assert len(only) == 1
     assert np.array_equal(only[0], K)
+
+
+@pytest.mark.parametrize("blur", [0.4, 0.8, 1.2])
+def test_noise_blur_recovers_the_blur_of_white_noise(blur):
+    """White noise blurred by a Gaussian of known σ (on a level background): the noise
+    correlation's σ_n is that σ. Over 5 draws of such a 1000 × 1000 image its SD was
+    0.0006–0.0019 px; 0.01 px is 5× the largest."""
+    rng = np.random.default_rng(int(10 * blur))
+    image = gaussian_filter(rng.normal(size=(1000, 1000)), blur) + 50.0
+    assert abs(noise_blur(image) - blur) <= 0.01

@@ -16,6 +16,7 @@ The one-bead detection of such a pair sits between the beads, 0.8–3 px from ea
 (tests/test_detect_overlap.py).
 """
 
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -24,6 +25,7 @@ from test_detect_overlap import N_CONTROL, OPTIONS, SPACING, _scene
 
 from rsa.detect import detect_beads
 from rsa.detect_lines import split_on_lines
+from rsa.detect_refine import noise_blur
 from rsa.errors import InputError
 
 SEPARATIONS = np.array([0.4, 0.6, 0.8, 1.0, 1.2, 1.6])
@@ -37,8 +39,12 @@ def _detected(seed):
     return rv, detect_beads(rv.image, pixel_spacing_mm=SPACING, options=OPTIONS)
 
 
-def _lines(seed):
+def _lines(seed, own_noise_blur=False):
+    """The scene's splits; ``own_noise_blur``: split_on_lines measures the image's noise blur
+    itself instead of taking the detector's."""
     rv, beads = _detected(seed)
+    if own_noise_blur:
+        beads = replace(beads, noise_blur_px=float("nan"))
     rng = np.random.default_rng(100 + seed)
     uv = rv.uv_px
     centres, points, normals, truth = [], [], [], []
@@ -125,6 +131,18 @@ def test_detected_pair_kept_against_a_line_off_its_bead(seed):
                          sig, pixel_spacing_mm=SPACING, options=OPTIONS,
                          detected=np.ones(len(centres), bool))
     assert not res.ok.any(), (res.ok, res.uv_px)
+
+
+def test_the_detectors_noise_blur_is_reused():
+    """split_on_lines takes the image's noise blur from the detector (Beads2D.noise_blur_px)
+    rather than measuring it again: the same value, so the same splits."""
+    rv, beads = _detected(0)
+    assert beads.noise_blur_px == pytest.approx(noise_blur(rv.image.astype(np.float64)),
+                                                abs=1e-6)
+    ours, _ = _lines(0)
+    own, _ = _lines(0, own_noise_blur=True)
+    for name in ("uv_px", "sigma_px", "ok", "amplitude", "gain"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(own, name))
 
 
 def test_bad_shapes_refused():
