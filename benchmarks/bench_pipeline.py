@@ -7,7 +7,8 @@ Generates the phantom study (rsa.synthetic.write_study), analyses it with
 ``analyse_study(executor="views")`` (exams one after another, each exam's two views read and
 detected in two worker processes while the main process reads them for the later stages: the
 stage times are those of one exam pair on this machine; "detect" is the wait for the workers
-after the main process has read the views) and prints:
+after the main process has read the views, "match" correspondence with the epipolar splits, one
+view's in a worker when both views have some, and triangulation) and prints:
 
 * per exam the stage breakdown (read DICOM, detect both views, calibrate both views, match +
   triangulate), the total per exam pair, and the series/precision/store stage for the study;

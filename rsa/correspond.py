@@ -13,12 +13,14 @@ poorly in one view is placed mostly by the other), and its 3D uncertainty follow
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from rsa.detect import Beads2D, DetectOptions
-from rsa.detect_lines import split_on_lines
+from rsa.detect_lines import LineSplit, split_on_lines
 from rsa.epipolar import one_view_overlaps
 from rsa.triangulate import RayMatch, intersect_rays, match_rays, pair_nll
 from rsa.triangulate_ml import triangulate_ml
@@ -52,7 +54,8 @@ class Correspondence:
 
 def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Beads2D], cal, *,
                pixel_spacing_mm, gate_mm: float, options: DetectOptions | None = None,
-               split_overlaps: bool = True) -> Correspondence:
+               split_overlaps: bool = True,
+               split_elsewhere: Callable[[int, tuple], Future] | None = None) -> Correspondence:
     """Pair the patient beads of an exam's two views (module doc).
 
     Parameters
@@ -65,6 +68,11 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     gate_mm : largest crossing-line error of a pair
     options : the detection options used
     split_overlaps : try the epipolar splits (default True)
+    split_elsewhere : optional ``f(x, args) -> Future`` of
+        ``split_on_lines(images[x], beads[x], *args[:4], pixel_spacing_mm=pixel_spacing_mm,
+        options=options, detected=args[4])`` computed elsewhere (e.g. a worker process that
+        reads the image itself): when both views have split candidates, one view's splits run
+        there while this process fits the other's. The result is the same as without it.
     """
     opts = options if options is not None else DetectOptions()
     cviews = (cal.a, cal.b)
@@ -85,18 +93,42 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     n_split = 0
     # (the splits refit the images: only for detections of rsa.detect, not bare centres)
     split = split_overlaps and all(isinstance(d, Beads2D) for d in det)
-    for x, y in ((0, 1), (1, 0)) if split else ():
+
+    def inputs(x: int, y: int):
+        """View x's split candidates and split_on_lines arguments, or None."""
         c = one_view_overlaps(cviews[x], cviews[y], uv[x], uv[y], m.pairs[:, [x, y]],
                               float(np.median(det[x].radius_px[masks[x]])),
                               det[x].turned_down_uv,
                               m.likely & ~occl[x][m.pairs[:, x]] & ~occl[y][m.pairs[:, y]])
         if len(c) == 0:
-            continue
+            return None
         lsig = np.hypot(np.max(sig_px[y][c.y], axis=-1), np.hypot(cviews[x].rms_px,
                                                                   cviews[y].rms_px))
-        sp = split_on_lines(images[x], det[x], c.centre, c.points, c.normals, lsig,
-                            pixel_spacing_mm=pixel_spacing_mm, options=opts,
-                            detected=(c.x >= 0).all(axis=1))
+        return c, (c.centre, c.points, c.normals, lsig, (c.x >= 0).all(axis=1))
+
+    def split_here(x: int, args: tuple) -> LineSplit:
+        return split_on_lines(images[x], det[x], *args[:4], pixel_spacing_mm=pixel_spacing_mm,
+                              options=opts, detected=args[4])
+
+    # Both views' splits at once when both have candidates: the one with fewer candidates
+    # elsewhere (its worker reads the image first), the other here, both from the first match.
+    # View a's splits are applied first; view b's result is used only if they left its inputs
+    # unchanged, else view b is fitted again
+    first = [inputs(0, 1), inputs(1, 0)] if split else [None, None]
+    done: dict[int, LineSplit | Future] = {}
+    if split_elsewhere is not None and first[0] is not None and first[1] is not None:
+        far = int(len(first[1][0]) <= len(first[0][0]))
+        done[far] = split_elsewhere(far, first[far][1])
+        done[1 - far] = split_here(1 - far, first[1 - far][1])
+    for x, y in ((0, 1), (1, 0)) if split else ():
+        cur = first[x] if x == 0 or n_split == 0 else inputs(x, y)
+        if cur is None:
+            continue
+        c, args = cur
+        if x in done and _same(args, first[x][1]):
+            sp = done[x].result() if isinstance(done[x], Future) else done[x]
+        else:
+            sp = split_here(x, args)
         # the best split (largest χ² gain) first; each detection of either view used once
         ok = np.zeros(len(c), bool)
         used_x: set[int] = set()
@@ -136,6 +168,10 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
            for d, k, u in zip(det, masks, uv, strict=True)]      # split beads: not tested
     misfit = (occl[0] | odd[0])[m.pairs[:, 0]] | (occl[1] | odd[1])[m.pairs[:, 1]]
     return Correspondence(m, tuple(uv), tuple(sig_px), tuple(occl), sigma, misfit, n_split)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
 
 
 def _with_swaps(m: RayMatch, rays, sig) -> RayMatch:

@@ -19,7 +19,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from rsa.cage import Cage, load_cage
 from rsa.calibrate import calibrate_exam
 from rsa.correspond import correspond
 from rsa.detect import Beads2D, DetectOptions, detect_beads
+from rsa.detect_lines import LineSplit, split_on_lines
 from rsa.errors import InputError, RsaError, RsaWarning
 from rsa.io.images import Radiograph, read_radiograph, split_views
 from rsa.io.manifest import ExamSpec, ImageSpec, StudySpec, load_manifest
@@ -120,6 +121,14 @@ def _read_and_detect(im: ImageSpec, view: str) -> Beads2D:
     return _detect(_image_views(im)[view])
 
 
+def _read_and_split(im: ImageSpec, view: str, beads: Beads2D, args: tuple,
+                    pixel_spacing_mm) -> LineSplit:
+    """A view pool's job: read one view and split its overlapping beads on the other view's
+    lines (:func:`rsa.correspond.correspond`'s ``split_elsewhere``)."""
+    return split_on_lines(_image_views(im)[view].image, beads, *args[:4],
+                          pixel_spacing_mm=pixel_spacing_mm, options=_DETECT, detected=args[4])
+
+
 def _load_views(exam: ExamSpec) -> dict[str, Radiograph]:
     views: dict[str, Radiograph] = {}
     for im in exam.images:
@@ -140,8 +149,12 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     """Detect, calibrate, match and triangulate one exam (see module docstring).
 
     ``view_pool`` (two worker processes) reads and detects each view in a worker while this
-    process reads the views for the later stages (the images are not sent back: that would
-    cost more than reading them): the shortest time for one exam. Otherwise
+    process reads the views for the later stages (the images are not sent back: that
+    would cost more than reading them): the shortest time for one exam. When both views have
+    beads to split on epipolar lines, one view's splits are fitted in a worker (reading the view
+    again) while this process fits the other's (``split_elsewhere`` of
+    :func:`rsa.correspond.correspond`). The measurement is the same as without the pool.
+    Otherwise
     ``view_threads`` > 1 detects the two views in parallel threads (NumPy releases the GIL in
     its larger operations, but the fits' many small ones contend for it: about 20 % slower than
     two processes on the spine phantom). Process-pool workers that each measure whole exams keep
@@ -179,9 +192,18 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     secs["calibrate"] = time.perf_counter() - t
     t = time.perf_counter()
     cviews = (cal.a, cal.b)
+    elsewhere = None
+    if view_pool is not None:
+        image_of = {v: im for im in exam.images for v in im.views}
+
+        def elsewhere(x: int, args: tuple) -> Future:
+            v = names[x]
+            return view_pool.submit(_read_and_split, image_of[v], v, beads[v], args,
+                                    first.pixel_spacing_mm)
     cor = correspond((views[names[0]].image, views[names[1]].image), (beads[names[0]],
                      beads[names[1]]), cal, pixel_spacing_mm=first.pixel_spacing_mm,
-                     gate_mm=study.thresholds["gate_mm"], options=_DETECT)
+                     gate_mm=study.thresholds["gate_mm"], options=_DETECT,
+                     split_elsewhere=elsewhere)
     m, sigma, misfit = cor.match, cor.sigma_mm, cor.misfit
     uv_a, uv_b = cor.uv_px
     secs["match"] = time.perf_counter() - t

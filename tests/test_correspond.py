@@ -16,6 +16,7 @@ Measured: both 3D beads 8 µm from the truth with a reported σ of 38–40 µm (
 point.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from functools import cache
 
@@ -26,6 +27,7 @@ import rsa.correspond
 from rsa.calibrate import calibrate_exam
 from rsa.correspond import correspond
 from rsa.detect import DetectOptions, detect_beads
+from rsa.detect_lines import split_on_lines
 from rsa.synthetic.scene import build_scene
 from rsa.synthetic.study import render_exam_view
 from rsa.triangulate import match_rays
@@ -335,3 +337,49 @@ def test_one_bead_is_not_split_in_two(one_bead_exam):
         near = d.min(axis=1) < 2.5                     # rows on a true bead, by nearest bead
         counts = np.bincount(d.argmin(axis=1)[near], minlength=len(truth))
         assert counts.max() <= 1, [names[j] for j in np.flatnonzero(counts > 1)]
+
+
+def _elsewhere(exam, log):
+    """A ``split_elsewhere`` for ``exam`` that fits in a thread and logs the views it is
+    given."""
+    images, dets, _, spacing = exam[:4]
+    pool = ThreadPoolExecutor(1)
+
+    def run(x, args):
+        log.append(x)
+        return pool.submit(split_on_lines, images[x], dets[x], *args[:4],
+                           pixel_spacing_mm=spacing, options=OPTIONS, detected=args[4])
+    return run
+
+
+# (fixture, whether view b's splits fitted ahead are used): in seed 1's REF view A's split
+# changes view b's inputs, so view b is fitted again; in the other two they are unchanged
+@pytest.mark.parametrize(("which", "reused"), [("overlap_exam", True), ("screw_head_exam", False),
+                                           ("one_bead_exam", True)])
+def test_splits_elsewhere_give_the_same_correspondence(which, reused, request, monkeypatch):
+    """With ``split_elsewhere`` (one view's splits fitted elsewhere while the other's are fitted
+    here) the correspondence is the one without it, field by field, whether the splits fitted
+    ahead are used or view b's are fitted again."""
+    exam = request.getfixturevalue(which)
+    images, dets, cal, spacing = exam[:4]
+    here = _run(exam)
+    log: list[int] = []
+    local: list[int] = []
+    real_split = rsa.correspond.split_on_lines
+    monkeypatch.setattr(rsa.correspond, "split_on_lines",
+                        lambda *a, **k: local.append(1) or real_split(*a, **k))
+    there = correspond(tuple(images), tuple(dets), cal, pixel_spacing_mm=spacing, gate_mm=0.5,
+                       options=OPTIONS, split_elsewhere=_elsewhere(exam, log))
+    assert len(log) == 1, log
+    # one view fitted here ahead, and view b once more where its inputs changed
+    assert len(local) == (1 if reused else 2)
+    for f in fields(here):
+        a, b = getattr(here, f.name), getattr(there, f.name)
+        if f.name == "match":
+            for g in fields(a):
+                np.testing.assert_array_equal(getattr(a, g.name), getattr(b, g.name))
+        elif isinstance(a, tuple):
+            for p, q in zip(a, b, strict=True):
+                np.testing.assert_array_equal(p, q)
+        else:
+            np.testing.assert_array_equal(a, b)
