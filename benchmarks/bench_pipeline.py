@@ -4,14 +4,16 @@ Run: ``python benchmarks/bench_pipeline.py [--setup uniplanar|biplanar] [--varia
 [--seed 0] [--keep DIR]``
 
 Generates the phantom study (rsa.synthetic.write_study), analyses it with
-``analyse_study(executor="views")`` (exams one after another, each exam's two views read and
-detected in two worker processes while the main process reads them for the later stages: the
-stage times are those of one exam pair on this machine; "detect" is the wait for the workers
-after the main process has read the views, "match" correspondence with the epipolar splits, one
-view's in a worker when both views have some, and triangulation) and prints:
+``analyse_study(executor="views")`` (exams one after another, each exam's two views read,
+detected and calibrated in two worker processes while the main process reads them for the later
+stages: the stage times are those of one exam pair on this machine; "detect" is the wait for the
+workers after the main process has read the views, "calib" the check of the two calibrations
+against each other, "match" correspondence with the epipolar splits, one view's in a worker
+when both views have some, and triangulation) and prints:
 
-* per exam the stage breakdown (read DICOM, detect both views, calibrate both views, match +
-  triangulate), the total per exam pair, and the series/precision/store stage for the study;
+* per exam the stage breakdown (read DICOM, detect and calibrate both views, cross-check the
+  calibrations, match + triangulate), the total per exam pair, and the series/precision/store
+  stage for the study;
 * accuracy against truth.json: per exam and motion the error of tx, ty, tz (mm), rx, ry, rz (°)
   and MTPM (mm), their RMS over follow-up exams, and bead bookkeeping (3D beads found, labelled,
   false 3D beads = points farther than 0.5 mm from every true bead, wrong labels = labelled

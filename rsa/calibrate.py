@@ -47,8 +47,15 @@ from rsa.identify import MarkerMatch, identify_markers, nominal_view
 from rsa.triangulate import intersect_rays
 from rsa.triangulate_ml import triangulate_ml
 
-__all__ = ["ExamCalibration", "View", "calibrate_exam", "calibrate_view",
-           "calibration_uncertainty", "plot_calibration"]
+__all__ = [
+    "ExamCalibration",
+    "View",
+    "calibrate_exam",
+    "calibrate_view",
+    "calibration_uncertainty",
+    "exam_calibration",
+    "plot_calibration",
+]
 
 METHODS = ("film-to-cage", "dlt")
 
@@ -455,6 +462,19 @@ def calibrate_exam(beads_a, beads_b, cage, *, views: tuple[str, str] = ("A", "B"
                     f"views swapped: the image given as view {views[0]} calibrates as cage view "
                     f"{views[1]} and vice versa; swap the images ({exc})") from None
         raise
+    return exam_calibration(va, vb, cage, views=views)
+
+
+def exam_calibration(va: View, vb: View, cage, *, views: tuple[str, str] = ("A", "B")
+                     ) -> ExamCalibration:
+    """The exam calibration of two views calibrated on their own (:func:`calibrate_view` of
+    cage views ``views``), checked against each other as :func:`calibrate_exam` does.
+
+    Raises
+    ------
+    CalibrationError
+        Each focus lies nearer the other view's nominal focus (views swapped).
+    """
     # Each focus must be nearer its own view's nominal focus than the other's.
     na, nb = (np.asarray(cage.views[v].focus_mm, float) for v in views)
     if (np.linalg.norm(va.focus_mm - na) > np.linalg.norm(va.focus_mm - nb)

@@ -27,11 +27,11 @@ import numpy as np
 
 from rsa import __version__
 from rsa.cage import Cage, load_cage
-from rsa.calibrate import calibrate_exam
+from rsa.calibrate import View, calibrate_exam, calibrate_view, exam_calibration
 from rsa.correspond import correspond
 from rsa.detect import Beads2D, DetectOptions, detect_beads
 from rsa.detect_lines import LineSplit, split_on_lines
-from rsa.errors import InputError, RsaError, RsaWarning
+from rsa.errors import CalibrationError, InputError, RsaError, RsaWarning
 from rsa.io.images import Radiograph, read_radiograph, split_views
 from rsa.io.manifest import ExamSpec, ImageSpec, StudySpec, load_manifest
 from rsa.io.store import ResultStore
@@ -116,9 +116,20 @@ def _detect(r: Radiograph) -> Beads2D:
     return detect_beads(r.image, pixel_spacing_mm=r.pixel_spacing_mm, options=_DETECT)
 
 
-def _read_and_detect(im: ImageSpec, view: str) -> Beads2D:
-    """A view pool's job: read one view of an image file and detect its beads."""
-    return _detect(_image_views(im)[view])
+def _read_and_detect(im: ImageSpec, view: str, cage: Cage | None = None
+                     ) -> tuple[Beads2D, View | None]:
+    """A view pool's job: read one view of an image file, detect its beads and, with ``cage``,
+    calibrate the view (None where that fails: :func:`rsa.calibrate.calibrate_exam` then
+    calibrates the exam again and says why)."""
+    r = _image_views(im)[view]
+    beads = _detect(r)
+    if cage is None:
+        return beads, None
+    try:
+        return beads, calibrate_view(beads, cage, view=view, pixel_spacing_mm=r.pixel_spacing_mm,
+                                     image_shape=r.shape)
+    except CalibrationError:
+        return beads, None
 
 
 def _read_and_split(im: ImageSpec, view: str, beads: Beads2D, args: tuple,
@@ -148,30 +159,35 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
                  ) -> ExamMeasurement:
     """Detect, calibrate, match and triangulate one exam (see module docstring).
 
-    ``view_pool`` (two worker processes) reads and detects each view in a worker while this
-    process reads the views for the later stages (the images are not sent back: that
+    ``view_pool`` (two worker processes) reads, detects and calibrates each view in a worker
+    (with that view's pixel spacing and shape, which :func:`_load_views` requires to agree)
+    while this process reads the views for the later stages (the images are not sent back: that
     would cost more than reading them): the shortest time for one exam. When both views have
     beads to split on epipolar lines, one view's splits are fitted in a worker (reading the view
     again) while this process fits the other's (``split_elsewhere`` of
-    :func:`rsa.correspond.correspond`). The measurement is the same as without the pool.
-    Otherwise
+    :func:`rsa.correspond.correspond`). The measurement is the same as without the pool
+    (exactly so when the views' pixel spacings are equal, as in one detector's pair). Otherwise
     ``view_threads`` > 1 detects the two views in parallel threads (NumPy releases the GIL in
     its larger operations, but the fits' many small ones contend for it: about 20 % slower than
     two processes on the spine phantom). Process-pool workers that each measure whole exams keep
-    one thread each. With a view pool, ``seconds["detect"]`` is the wait for the workers after
-    this process has read the views.
+    one thread each. With a view pool, ``seconds["detect"]`` is the wait for the workers
+    (detection and each view's calibration) after this process has read the views, and
+    ``seconds["calibrate"]`` the check of the two calibrations against each other.
     """
     cage = cage or load_cage(_cage_ref(study))
     secs: dict[str, float] = {}
-    jobs = {v: view_pool.submit(_read_and_detect, im, v) for im in exam.images
+    jobs = {v: view_pool.submit(_read_and_detect, im, v, cage) for im in exam.images
             for v in im.views} if view_pool is not None else {}
+    calibrated: dict[str, View | None] = {}
     try:
         t = time.perf_counter()
         views = _load_views(exam)
         secs["read"] = time.perf_counter() - t
         t = time.perf_counter()
         if jobs:
-            beads = {v: jobs[v].result() for v in views}
+            beads = {}
+            for v in views:
+                beads[v], calibrated[v] = jobs[v].result()
         elif view_threads > 1 and len(views) > 1:
             with ThreadPoolExecutor(max_workers=min(view_threads, len(views))) as pool:
                 beads = dict(zip(views, pool.map(_detect, views.values()), strict=True))
@@ -185,8 +201,11 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     t = time.perf_counter()
     first = views[names[0]]
     try:
-        cal = calibrate_exam(beads[names[0]], beads[names[1]], cage, views=names,
-                             pixel_spacing_mm=first.pixel_spacing_mm, image_shape=first.shape)
+        if all(calibrated.get(v) is not None for v in names):   # by the view pool's workers
+            cal = exam_calibration(calibrated[names[0]], calibrated[names[1]], cage, views=names)
+        else:
+            cal = calibrate_exam(beads[names[0]], beads[names[1]], cage, views=names,
+                                 pixel_spacing_mm=first.pixel_spacing_mm, image_shape=first.shape)
     except RsaError as exc:
         raise type(exc)(f"exam {subject}/{exam.id}: {exc}") from None
     secs["calibrate"] = time.perf_counter() - t

@@ -5,6 +5,7 @@ test fast; the full-size bundled studies are measured by benchmarks/bench_pipeli
 """
 
 import json
+import shutil
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from migration_targets import assert_migration_targets
 
-from rsa.errors import RsaWarning
+from rsa.errors import CalibrationError, RsaWarning
 from rsa.io.manifest import load_manifest
 from rsa.io.store import ResultStore
 from rsa.pipeline import ExamMeasurement, analyse_study, bead_status, measure_exam
@@ -131,3 +132,21 @@ def test_where_the_views_are_detected_does_not_change_the_measurement(analysed):
               measure_exam(exam, subj.id, spec)):
         np.testing.assert_array_equal(m.points_mm, ref.points_mm)
         np.testing.assert_array_equal(m.sigma_px, ref.sigma_px)
+
+
+@pytest.mark.parametrize("executor", ["serial", "views"])
+def test_swapped_views_said_whichever_process_calibrates(analysed, tmp_path, executor):
+    """The reference exam's two files given as each other's view: the views' calibrations in
+    the view pool's workers fail as in this process, and the same diagnosis comes back."""
+    study, _, _ = analysed
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    manifest = copy / "study.toml"
+    text = manifest.read_text()
+    a, b = 'file = "S01/REF_A.dcm"', 'file = "S01/REF_B.dcm"'
+    assert a in text
+    assert b in text
+    manifest.write_text(text.replace(a, "@@").replace(b, a).replace("@@", b))
+    with pytest.raises(CalibrationError, match="views swapped"):
+        analyse_study(manifest, tmp_path / "out", executor=executor)
+    assert not (tmp_path / "out" / "results.json").exists()
