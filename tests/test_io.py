@@ -14,7 +14,8 @@ from rsa.io import atomic_write, atomic_write_text, file_sha256, read_radiograph
 
 
 def _dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", bits=14,
-           imager_spacing=(0.15, 0.1), pixel_spacing=None, comments=None, pixel_data=True):
+           imager_spacing=(0.15, 0.1), pixel_spacing=None, comments=None, pixel_data=True,
+           rescale=None):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -41,6 +42,8 @@ def _dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", bits=14
         ds.PixelSpacing = list(pixel_spacing)
     if comments:
         ds.ImageComments = comments
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -67,6 +70,15 @@ def test_dicom_monochrome1_is_inverted(tmp_path, pixels):
     inverted = (2**14 - 1) - pixels
     r = read_radiograph(_dicom(tmp_path / "m1.dcm", inverted, photometric="MONOCHROME1"))
     np.testing.assert_array_equal(r.image, pixels.astype(float))
+
+
+def test_dicom_rescale_after_the_inversion(tmp_path, pixels):
+    """MONOCHROME1 stored values are inverted within the stored bits, then the rescale (slope,
+    intercept) applies: the same as rescaling first and inverting across the rescaled range."""
+    inverted = (2**14 - 1) - pixels
+    r = read_radiograph(_dicom(tmp_path / "r.dcm", inverted, photometric="MONOCHROME1",
+                               rescale=(2.5, -100.0)))
+    np.testing.assert_array_equal(r.image, pixels.astype(float) * 2.5 - 100.0)
 
 
 def test_pixel_spacing_fallback(tmp_path, pixels):

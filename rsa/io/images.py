@@ -152,12 +152,15 @@ def _read_dicom(path: Path, override) -> Radiograph:
         raise InputError(f"{path}: expected a single 2-D frame, got pixel array of shape "
                          f"{pixels.shape}.")
     bits = int(ds.get("BitsStored", pixels.dtype.itemsize * 8))
+    # in place: a 3000 × 3000 image is 72 MB of float64, and each temporary costs its page
+    # faults (≈ 0.1 s on a fresh allocation)
     image = pixels.astype(np.float64)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     if photometric == "MONOCHROME1":
-        image = (2.0 ** bits - 1.0) - image
-    image = image * slope + intercept
+        np.subtract(2.0 ** bits - 1.0, image, out=image)
+    image *= slope
+    image += intercept
     if override is not None:
         spacing = _spacing_pair(override, path, "pixel_spacing_mm")
         source = "argument"
