@@ -117,27 +117,38 @@ def _detect(r: Radiograph) -> Beads2D:
 
 
 def _read_and_detect(im: ImageSpec, view: str, cage: Cage | None = None
-                     ) -> tuple[Beads2D, View | None]:
+                     ) -> tuple[Beads2D, View | None, str]:
     """A view pool's job: read one view of an image file, detect its beads and, with ``cage``,
     calibrate the view (None where that fails: :func:`rsa.calibrate.calibrate_exam` then
-    calibrates the exam again and says why)."""
+    calibrates the exam again and says why); and the SHA-256 of the file it read."""
     r = _image_views(im)[view]
     beads = _detect(r)
     if cage is None:
-        return beads, None
+        return beads, None, r.sha256
     try:
-        return beads, calibrate_view(beads, cage, view=view, pixel_spacing_mm=r.pixel_spacing_mm,
-                                     image_shape=r.shape)
+        cal = calibrate_view(beads, cage, view=view, pixel_spacing_mm=r.pixel_spacing_mm,
+                             image_shape=r.shape)
     except CalibrationError:
-        return beads, None
+        cal = None
+    return beads, cal, r.sha256
 
 
-def _read_and_split(im: ImageSpec, view: str, beads: Beads2D, args: tuple,
+def _read_and_split(im: ImageSpec, view: str, sha256: str, beads: Beads2D, args: tuple,
                     pixel_spacing_mm) -> LineSplit:
-    """A view pool's job: read one view and split its overlapping beads on the other view's
-    lines (:func:`rsa.correspond.correspond`'s ``split_elsewhere``)."""
-    return split_on_lines(_image_views(im)[view].image, beads, *args[:4],
-                          pixel_spacing_mm=pixel_spacing_mm, options=_DETECT, detected=args[4])
+    """A view pool's job: read one view (the file whose SHA-256 is ``sha256``) and split its
+    overlapping beads on the other view's lines (:func:`rsa.correspond.correspond`'s
+    ``split_elsewhere``)."""
+    r = _image_views(im)[view]
+    _same_file(r.path, r.sha256, sha256)
+    return split_on_lines(r.image, beads, *args[:4], pixel_spacing_mm=pixel_spacing_mm,
+                          options=_DETECT, detected=args[4])
+
+
+def _same_file(path: Path, got: str, expected: str) -> None:
+    """A view pool's worker reads the file again: it must be the one this process read."""
+    if got != expected:
+        raise InputError(f"{path}: the file changed while the exam was being analysed (two "
+                         f"reads differ); analyse the exam again once the file is complete.")
 
 
 def _load_views(exam: ExamSpec) -> dict[str, Radiograph]:
@@ -187,7 +198,8 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
         if jobs:
             beads = {}
             for v in views:
-                beads[v], calibrated[v] = jobs[v].result()
+                beads[v], calibrated[v], sha = jobs[v].result()
+                _same_file(views[v].path, sha, views[v].sha256)
         elif view_threads > 1 and len(views) > 1:
             with ThreadPoolExecutor(max_workers=min(view_threads, len(views))) as pool:
                 beads = dict(zip(views, pool.map(_detect, views.values()), strict=True))
@@ -217,8 +229,8 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
 
         def elsewhere(x: int, args: tuple) -> Future:
             v = names[x]
-            return view_pool.submit(_read_and_split, image_of[v], v, beads[v], args,
-                                    first.pixel_spacing_mm)
+            return view_pool.submit(_read_and_split, image_of[v], v, views[v].sha256, beads[v],
+                                    args, first.pixel_spacing_mm)
     cor = correspond((views[names[0]].image, views[names[1]].image), (beads[names[0]],
                      beads[names[1]]), cal, pixel_spacing_mm=first.pixel_spacing_mm,
                      gate_mm=study.thresholds["gate_mm"], options=_DETECT,

@@ -7,16 +7,23 @@ test fast; the full-size bundled studies are measured by benchmarks/bench_pipeli
 import json
 import shutil
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
 import numpy as np
+import pydicom
 import pytest
 from migration_targets import assert_migration_targets
 
-from rsa.errors import CalibrationError, RsaWarning
+from rsa.errors import CalibrationError, InputError, RsaWarning
 from rsa.io.manifest import load_manifest
 from rsa.io.store import ResultStore
-from rsa.pipeline import ExamMeasurement, analyse_study, bead_status, measure_exam
+from rsa.pipeline import (
+    ExamMeasurement,
+    _read_and_split,
+    analyse_study,
+    bead_status,
+    measure_exam,
+)
 from rsa.synthetic import write_study
 
 SMALL = {"detector_px": 1500, "pixel_spacing_mm": 0.286}
@@ -150,3 +157,40 @@ def test_swapped_views_said_whichever_process_calibrates(analysed, tmp_path, exe
     with pytest.raises(CalibrationError, match="views swapped"):
         analyse_study(manifest, tmp_path / "out", executor=executor)
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+class _EditingPool(Executor):
+    """Runs each job at once, here; after the first, rewrites ``path`` (a header field only):
+    the file a worker read is no longer the one this process then reads."""
+
+    def __init__(self, path):
+        self.path, self.edited = path, False
+
+    def submit(self, fn, /, *args, **kwargs):
+        f = Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except Exception as exc:   # as a pool would hand it over
+            f.set_exception(exc)
+        if not self.edited:
+            ds = pydicom.dcmread(self.path)
+            ds.StudyDescription = "edited while analysed"
+            ds.save_as(self.path)
+            self.edited = True
+        return f
+
+
+def test_file_changed_between_reads(analysed, tmp_path):
+    """A view pool's worker and this process read each file once each (and a worker again for
+    its splits): a file that changes in between (e.g. still being copied) is refused, not
+    measured from two different images."""
+    study, _, _ = analysed
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    spec = load_manifest(copy / "study.toml")
+    subj = spec.subjects[0]
+    exam = subj.exams[0]
+    with pytest.raises(InputError, match="the file changed while the exam was being analysed"):
+        measure_exam(exam, subj.id, spec, view_pool=_EditingPool(exam.images[0].file))
+    with pytest.raises(InputError, match="the file changed"):     # the splits' read
+        _read_and_split(exam.images[0], exam.images[0].views[0], "0" * 64, None, (), 0.286)
