@@ -31,7 +31,7 @@ from rsa.calibrate import View, calibrate_exam, calibrate_view, exam_calibration
 from rsa.correspond import correspond
 from rsa.detect import Beads2D, DetectOptions, detect_beads
 from rsa.detect_lines import LineSplit, split_on_lines
-from rsa.errors import CalibrationError, InputError, RsaError, RsaWarning
+from rsa.errors import InputError, RsaError, RsaWarning
 from rsa.io.images import Radiograph, read_radiograph, split_views
 from rsa.io.manifest import ExamSpec, ImageSpec, StudySpec, load_manifest
 from rsa.io.store import ResultStore
@@ -128,7 +128,7 @@ def _read_and_detect(im: ImageSpec, view: str, cage: Cage | None = None
     try:
         cal = calibrate_view(beads, cage, view=view, pixel_spacing_mm=r.pixel_spacing_mm,
                              image_shape=r.shape)
-    except CalibrationError:
+    except RsaError:        # said again, with the exam's name, by calibrate_exam
         cal = None
     return beads, cal, r.sha256
 
