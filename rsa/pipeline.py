@@ -116,15 +116,12 @@ def _detect(r: Radiograph) -> Beads2D:
     return detect_beads(r.image, pixel_spacing_mm=r.pixel_spacing_mm, options=_DETECT)
 
 
-def _read_and_detect(im: ImageSpec, view: str, cage: Cage | None = None
-                     ) -> tuple[Beads2D, View | None, str]:
-    """A view pool's job: read one view of an image file, detect its beads and, with ``cage``,
-    calibrate the view (None where that fails: :func:`rsa.calibrate.calibrate_exam` then
-    calibrates the exam again and says why); and the SHA-256 of the file it read."""
+def _read_and_detect(im: ImageSpec, view: str, cage: Cage) -> tuple[Beads2D, View | None, str]:
+    """A view pool's job: read one view of an image file, detect its beads and calibrate the
+    view (None where that fails: :func:`rsa.calibrate.calibrate_exam` then calibrates the exam
+    again and says why); and the SHA-256 of the file it read."""
     r = _image_views(im)[view]
     beads = _detect(r)
-    if cage is None:
-        return beads, None, r.sha256
     try:
         cal = calibrate_view(beads, cage, view=view, pixel_spacing_mm=r.pixel_spacing_mm,
                              image_shape=r.shape)
@@ -187,8 +184,9 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     """
     cage = cage or load_cage(_cage_ref(study))
     secs: dict[str, float] = {}
-    jobs = {v: view_pool.submit(_read_and_detect, im, v, cage) for im in exam.images
-            for v in im.views} if view_pool is not None else {}
+    image_of = {v: im for im in exam.images for v in im.views}
+    jobs = {v: view_pool.submit(_read_and_detect, im, v, cage)
+            for v, im in image_of.items()} if view_pool is not None else {}
     calibrated: dict[str, View | None] = {}
     try:
         t = time.perf_counter()
@@ -225,8 +223,6 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     cviews = (cal.a, cal.b)
     elsewhere = None
     if view_pool is not None:
-        image_of = {v: im for im in exam.images for v in im.views}
-
         def elsewhere(x: int, args: tuple) -> Future:
             v = names[x]
             return view_pool.submit(_read_and_split, image_of[v], v, views[v].sha256, beads[v],

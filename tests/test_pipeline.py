@@ -141,13 +141,18 @@ def test_where_the_views_are_detected_does_not_change_the_measurement(analysed):
         np.testing.assert_array_equal(m.sigma_px, ref.sigma_px)
 
 
+@pytest.fixture
+def copy(analysed, tmp_path):
+    """A copy of the analysed study's files, to edit."""
+    dst = tmp_path / "study"
+    shutil.copytree(analysed[0], dst)
+    return dst
+
+
 @pytest.mark.parametrize("executor", ["serial", "views"])
-def test_swapped_views_said_whichever_process_calibrates(analysed, tmp_path, executor):
+def test_swapped_views_said_whichever_process_calibrates(copy, tmp_path, executor):
     """The reference exam's two files given as each other's view: the views' calibrations in
     the view pool's workers fail as in this process, and the same diagnosis comes back."""
-    study, _, _ = analysed
-    copy = tmp_path / "study"
-    shutil.copytree(study, copy)
     manifest = copy / "study.toml"
     text = manifest.read_text()
     a, b = 'file = "S01/REF_A.dcm"', 'file = "S01/REF_B.dcm"'
@@ -180,13 +185,10 @@ class _EditingPool(Executor):
         return f
 
 
-def test_file_changed_between_reads(analysed, tmp_path):
+def test_file_changed_between_reads(copy):
     """A view pool's worker and this process read each file once each (and a worker again for
     its splits): a file that changes in between (e.g. still being copied) is refused, not
     measured from two different images."""
-    study, _, _ = analysed
-    copy = tmp_path / "study"
-    shutil.copytree(study, copy)
     spec = load_manifest(copy / "study.toml")
     subj = spec.subjects[0]
     exam = subj.exams[0]
