@@ -153,7 +153,8 @@ def _read_dicom(path: Path, override) -> Radiograph:
                          f"{pixels.shape}.")
     bits = int(ds.get("BitsStored", pixels.dtype.itemsize * 8))
     # in place: a 3000 × 3000 image is 72 MB of float64, and each temporary costs its page
-    # faults (≈ 0.1 s on a fresh allocation)
+    # faults (in a fresh process on the 2-core test machine the out-of-place inversion and
+    # rescale took 0.02–0.08 s, in place 0.009 s)
     image = pixels.astype(np.float64)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
