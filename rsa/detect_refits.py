@@ -227,7 +227,8 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
                pu: np.ndarray, pv: np.ndarray, setup: FitSetup, rho: np.ndarray,
                flagged: np.ndarray, fixed: tuple[int, ...], iterations: int,
                skip: np.ndarray | None = None, box_px: float = np.inf,
-               earlier: np.ndarray | None = None) -> FitResult:
+               earlier: np.ndarray | None = None,
+               typical: tuple[float, float] | None = None) -> FitResult:
     """Refit beads with a blurred step (straight, then curved) in their background where the
     data ask for it.
 
@@ -257,7 +258,9 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     circle): kept over the straight step where that lowers the misfit by more than noise could
     (χ²₁ at p = 0.001, same units), or over no step where the curved step passes the test that
     the straight one failed (χ²₅): a straight step fitted to a curved edge (a screw head, a cup
-    rim) leaves misfit that pulls the bead.
+    rim) leaves misfit that pulls the bead. With ``typical`` = (log blur, radius) of the image's
+    clean beads, a step fit that traded radius for blur is fitted again from the typical shape
+    (:func:`_shape_restart`).
 
     Returns the fits of all beads in the edge layout (no step: amplitude 0).
     """
@@ -284,6 +287,9 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
             e, start = _second_start(e, start, r.params[idx], earlier[idx], data[idx],
                                      inside[idx], w[idx], pu[idx], pv[idx], setup, rho, fixed,
                                      iterations, box_px)
+        if typical is not None:
+            e = _shape_restart(e, start, typical, data[idx], w[idx], pu[idx], pv[idx], setup,
+                               rho, fixed, iterations, box_px)
         box = (start, box_px)
         cost1 = e.chi2_red * np.maximum(e.npix - NPAR_EDGE, 1)
         gain = (cost0[idx] - cost1) / (np.maximum(e.chi2_red, 1e-300) * infl)
@@ -333,6 +339,37 @@ def _second_start(e: FitResult, start: np.ndarray, plain: np.ndarray, earlier: n
     start = start.copy()
     start[j[better]] = earlier[j[better]][:, [IU, IV]]
     return _scatter(e, j[better], e2, better), start
+
+
+def _shape_restart(e: FitResult, start: np.ndarray, typical: tuple[float, float],
+                   data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+                   setup: FitSetup, rho: np.ndarray, fixed: tuple[int, ...], iterations: int,
+                   box_px: float) -> FitResult:
+    """:func:`edge_refit`'s step fits ``e`` where they traded radius for blur, fitted again from
+    the image's typical bead shape; per row the fit of lower misfit.
+
+    Next to a strong edge the fit has a second minimum: a small disc (radius below 3/4 of the
+    typical, ``typical`` = (log blur, radius) of the clean beads) blurred more than half again
+    as much as the typical bead, at several times the amplitude. Such fits are started again
+    at the typical radius and blur (round, linear parameters solved), with the same centre box
+    around ``start``. In the titanium cylinder scene of tests/test_detect_shape_restart.py
+    (seeds 0–9), 32 of 34 such fits were replaced, with 0.23–0.96 of the misfit and a radius
+    of 3.7–5.5 px instead of 2.4–2.8 (true radii 4.2–4.6 px).
+    """
+    collapsed = ((e.params[:, ILS] > typical[0] + np.log(1.5))
+                 & (mean_radius(e.params) < 0.75 * typical[1])
+                 & np.isfinite(e.params).all(1))
+    j = np.flatnonzero(collapsed)
+    if not j.size:
+        return e
+    q = e.params[j].copy()
+    q[:, IR], q[:, ILS], q[:, IE1], q[:, IE2] = typical[1], typical[0], 0.0, 0.0
+    q = linear_init(q, data[j], w[j], pu[j], pv[j], pu[j, setup.half], pv[j, setup.half], setup)
+    e2 = fit(q, data[j], w[j], pu[j], pv[j], setup, iterations=iterations, rho=rho,
+             fixed=fixed, box=(start[j], box_px), init_linear=False)
+    better = (e2.chi2_red < e.chi2_red[j]) & (e2.params[:, IA] > 0) & np.isfinite(
+        e2.params).all(1)
+    return _scatter(e, j[better], e2, better)
 
 
 def _scatter(a: FitResult, rows: np.ndarray, b: FitResult, take: np.ndarray) -> FitResult:

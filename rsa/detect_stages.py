@@ -430,8 +430,11 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # beads are refitted with a blurred step (straight, then curved) in their background, each
     # centre kept within its window (a curved edge, e.g. a screw head, can pull a fit out of it)
     near_edge, chi2_disc, _ = structure(r, inside, w, pu, pv, setup, opts)
+    clean = ~near_edge & ~rescued & (r.params[:, IA] > 0)
+    typical = ((float(np.median(r.params[clean, ILS])),
+                float(np.median(mean_radius(r.params[clean])))) if clean.sum() >= 3 else None)
     r = edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations,
-                   rescued, box_px=float(setup.half), earlier=p)
+                   rescued, box_px=float(setup.half), earlier=p, typical=typical)
     if rescued.any():
         # the rescued beads' own fit (step, noise behind the implant), with the covariance
         i = np.flatnonzero(rescued)
@@ -445,7 +448,8 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
                               4, eps, log_display, rho=rho, rounds=1)
         for name in ("params", "cov_uv", "model", "resid", "chi2_red"):
             getattr(r, name)[i] = getattr(e, name)
-        t[i] = 1.0 - blocked(e.params, pu_r, pv_r, setup)
+    # the transmission of each bead as now fitted (the final and edge fits change shapes)
+    t = 1.0 - blocked(r.params, pu, pv, setup)
     # a bead whose background needed the step is next to an edge
     near_edge |= (r.params[:, IEA] != 0.0) | rescued
     # two overlapping beads seen as one: misfit on the disc or a distorted shape, away from
