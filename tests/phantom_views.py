@@ -1,6 +1,7 @@
 """One view of a bundled phantom study, exactly as the study renders it (test helper)."""
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from rsa.synthetic.scene import build_scene
 from rsa.synthetic.study import render_exam_view
@@ -30,3 +31,10 @@ def assert_found(found, bead, max_px: float = 0.5, n_sigma: float = 3.0) -> None
     assert d[k] < max_px, d[k]
     assert np.all(np.abs(found.uv_px[k] - bead) <= n_sigma * found.sigma_px[k]), (
         found.uv_px[k] - bead, found.sigma_px[k])
+
+
+def nearest_detections(found, uv_true):
+    """For each true centre ``uv_true`` (N, 2) px, the nearest of the detections ``found``
+    (:class:`rsa.detect.Beads2D`): distance, index and error (detected − true)."""
+    d, j = cKDTree(found.uv_px).query(uv_true)
+    return d, j, found.uv_px[j] - uv_true

@@ -79,6 +79,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from phantom_views import nearest_detections
 from scipy.spatial import cKDTree
 from scipy.special import ndtr
 
@@ -174,8 +175,7 @@ def _without_edge_refit(r, *args, **kwargs):
 
 def _errors(beads: Beads2D, uv_true: np.ndarray):
     """Nearest detection to each true centre: distance, index, error (detected − true)."""
-    d, j = cKDTree(beads.uv_px).query(uv_true)
-    return d, j, beads.uv_px[j] - uv_true
+    return nearest_detections(beads, uv_true)
 
 
 @pytest.fixture(scope="module")

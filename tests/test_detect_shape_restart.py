@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from phantom_views import nearest_detections
 from scipy.spatial import cKDTree
 
 import rsa.detect_refits
@@ -79,11 +80,6 @@ def _scene(seed: int):
     return rv, r_true, from_rim
 
 
-def _match(beads, uv_true):
-    d, j = cKDTree(beads.uv_px).query(uv_true)
-    return d, j, beads.uv_px[j] - uv_true
-
-
 @pytest.fixture(scope="module")
 def rim_scene():
     rv, r_true, from_rim = _scene(SEED)
@@ -105,7 +101,7 @@ def test_scene_layout(rim_scene):
 
 def test_every_bead_found_no_false_detection(rim_scene):
     rv, _, _, beads, _ = rim_scene
-    d, _, _ = _match(beads, rv.uv_px)
+    d, _, _ = nearest_detections(beads, rv.uv_px)
     assert np.all(d < 1.0), d
     d_false, _ = cKDTree(rv.uv_px).query(beads.uv_px)
     assert np.all(d_false < 1.0), beads.uv_px[d_false >= 1.0]
@@ -113,7 +109,7 @@ def test_every_bead_found_no_false_detection(rim_scene):
 
 def test_rim_beads_keep_their_shape(rim_scene):
     rv, r_true, _, beads, _ = rim_scene
-    _, j, _ = _match(beads, rv.uv_px)
+    _, j, _ = nearest_detections(beads, rv.uv_px)
     ratio = beads.radius_px[j[:N_RIM]] / r_true[:N_RIM]
     assert np.all(ratio > 0.75), ratio
 
@@ -121,7 +117,7 @@ def test_rim_beads_keep_their_shape(rim_scene):
 def test_rim_beads_collapse_without_the_restart(rim_scene):
     # the scene needs the restart: the test above can fail
     rv, r_true, _, _, plain = rim_scene
-    _, j, _ = _match(plain, rv.uv_px)
+    _, j, _ = nearest_detections(plain, rv.uv_px)
     ratio = plain.radius_px[j[:N_RIM]] / r_true[:N_RIM]
     assert np.sum(ratio < 0.75) >= 5, ratio
 
@@ -130,6 +126,6 @@ def test_rim_beads_within_their_uncertainty(rim_scene):
     # per bead and axis within max(4σ, 0.05 px) (tests/test_detect_edge.py); at most 0.41 × that
     # bound here, 0.35–0.87 × over seeds 0–9
     rv, _, _, beads, _ = rim_scene
-    _, j, err = _match(beads, rv.uv_px)
+    _, j, err = nearest_detections(beads, rv.uv_px)
     bound = np.maximum(4.0 * beads.sigma_px[j[:N_RIM]], 0.05)
     assert np.all(np.abs(err[:N_RIM]) <= bound), (err[:N_RIM], bound)
