@@ -215,9 +215,10 @@ def _blur_tilt(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSetup, s
     ln-attenuation) is one number of the image: the median amplitude of the ``clean`` beads
     (found, away from edges, not occluded). A bead's own amplitude is not: next to a strong
     edge a fit can trade radius for blur and end as a small, blurred disc of several times the
-    amplitude (up to 14× for beads at the rim of a simulated titanium cylinder's shadow; radius
-    2.3 px instead of 4.2), and its shift would come out that much too small. With fewer than
-    three clean beads each bead's own amplitude stands in.
+    amplitude (14× in a simulated scene: beads at the rim of the shadow of a cylinder twice as
+    attenuating as a titanium screw, radius 2.3 px instead of 4.2), and its shift would come
+    out that much too small. With fewer than three clean beads each bead's own amplitude
+    stands in.
     """
     if np.tanh(p[0, ILC]) <= 0.5:
         return np.zeros((len(p), 2))
