@@ -236,9 +236,9 @@ def test_edge_beads_within_their_uncertainty(edge_scene):
 
 def test_blur_tilt_uses_the_edge_gradient(edge_scene):
     # the same image with the blur-tilt correction from the plane gradient alone (as before the
-    # step term entered it): the beads sit further towards the plate. Over seeds 0–9 the step's
-    # gradient and the image's gain remove most of the bias (0.046 → 0.003 px; per seed the
-    # edge gradient leaves at most 0.55 of the plane's, seed 2); here at least a quarter.
+    # step term entered it): the beads sit further towards the plate. Over seeds 0–9, both with
+    # the image's gain, the step's gradient removes most of the bias (0.046 → 0.003 px; per
+    # seed it leaves at most 0.55 of the plane's, seed 2); here at least a quarter.
     rv, _, _, near, beads, _ = edge_scene
     _, n, _ = _edge_frame()
     with pytest.MonkeyPatch.context() as mp:
