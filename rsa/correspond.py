@@ -55,7 +55,7 @@ class Correspondence:
 def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Beads2D], cal, *,
                pixel_spacing_mm, gate_mm: float, options: DetectOptions | None = None,
                split_overlaps: bool = True,
-               split_elsewhere: Callable[[int, tuple], Future] | None = None) -> Correspondence:
+               split_elsewhere: Callable[[int, dict], Future] | None = None) -> Correspondence:
     """Pair the patient beads of an exam's two views (module doc).
 
     Parameters
@@ -68,11 +68,13 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     gate_mm : largest crossing-line error of a pair
     options : the detection options used
     split_overlaps : try the epipolar splits (default True)
-    split_elsewhere : optional ``f(x, args) -> Future`` of
-        ``split_on_lines(images[x], beads[x], *args[:4], pixel_spacing_mm=pixel_spacing_mm,
-        options=options, detected=args[4])`` computed elsewhere (e.g. a worker process that
-        reads the image itself): when both views have split candidates, one view's splits run
-        there while this process fits the other's. The result is the same as without it.
+    split_elsewhere : optional ``f(x, lines) -> Future`` of
+        ``split_on_lines(images[x], beads[x], **lines, pixel_spacing_mm=pixel_spacing_mm,
+        options=options)`` computed elsewhere (e.g. a worker process that reads the image
+        itself; ``lines`` holds the keyword arguments ``centres``, ``points``, ``normals``,
+        ``line_sigma_px`` and ``detected``): when both views have split candidates, one view's
+        splits run there while this process fits the other's. The result is the same as
+        without it.
     """
     opts = options if options is not None else DetectOptions()
     cviews = (cal.a, cal.b)
@@ -95,7 +97,8 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     split = split_overlaps and all(isinstance(d, Beads2D) for d in det)
 
     def inputs(x: int, y: int):
-        """View x's split candidates and split_on_lines arguments, or None."""
+        """View x's split candidates and their lines (split_on_lines's keyword arguments),
+        or None."""
         c = one_view_overlaps(cviews[x], cviews[y], uv[x], uv[y], m.pairs[:, [x, y]],
                               float(np.median(det[x].radius_px[masks[x]])),
                               det[x].turned_down_uv,
@@ -104,11 +107,12 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
             return None
         lsig = np.hypot(np.max(sig_px[y][c.y], axis=-1), np.hypot(cviews[x].rms_px,
                                                                   cviews[y].rms_px))
-        return c, (c.centre, c.points, c.normals, lsig, (c.x >= 0).all(axis=1))
+        return c, {"centres": c.centre, "points": c.points, "normals": c.normals,
+                   "line_sigma_px": lsig, "detected": (c.x >= 0).all(axis=1)}
 
-    def split_here(x: int, args: tuple) -> LineSplit:
-        return split_on_lines(images[x], det[x], *args[:4], pixel_spacing_mm=pixel_spacing_mm,
-                              options=opts, detected=args[4])
+    def split_here(x: int, lines: dict) -> LineSplit:
+        return split_on_lines(images[x], det[x], **lines, pixel_spacing_mm=pixel_spacing_mm,
+                              options=opts)
 
     # Both views' splits at once when both have candidates: the one with fewer candidates
     # elsewhere (its worker reads the image first), the other here, both from the first match.
@@ -124,11 +128,11 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
         cur = first[x] if x == 0 or n_split == 0 else inputs(x, y)
         if cur is None:
             continue
-        c, args = cur
-        if x in done and _same(args, first[x][1]):
+        c, lines = cur
+        if x in done and _same(lines, first[x][1]):
             sp = done[x].result() if isinstance(done[x], Future) else done[x]
         else:
-            sp = split_here(x, args)
+            sp = split_here(x, lines)
         # the best split (largest χ² gain) first; each detection of either view used once
         ok = np.zeros(len(c), bool)
         used_x: set[int] = set()
@@ -170,8 +174,8 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     return Correspondence(m, tuple(uv), tuple(sig_px), tuple(occl), sigma, misfit, n_split)
 
 
-def _same(a: tuple, b: tuple) -> bool:
-    return all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def _with_swaps(m: RayMatch, rays, sig) -> RayMatch:

@@ -130,15 +130,15 @@ def _read_and_detect(im: ImageSpec, view: str, cage: Cage) -> tuple[Beads2D, Vie
     return beads, cal, r.sha256
 
 
-def _read_and_split(im: ImageSpec, view: str, sha256: str, beads: Beads2D, args: tuple,
+def _read_and_split(im: ImageSpec, view: str, sha256: str, beads: Beads2D, lines: dict,
                     pixel_spacing_mm) -> LineSplit:
     """A view pool's job: read one view (the file whose SHA-256 is ``sha256``) and split its
     overlapping beads on the other view's lines (:func:`rsa.correspond.correspond`'s
     ``split_elsewhere``)."""
     r = _image_views(im)[view]
     _same_file(r.path, r.sha256, sha256)
-    return split_on_lines(r.image, beads, *args[:4], pixel_spacing_mm=pixel_spacing_mm,
-                          options=_DETECT, detected=args[4])
+    return split_on_lines(r.image, beads, **lines, pixel_spacing_mm=pixel_spacing_mm,
+                          options=_DETECT)
 
 
 def _same_file(path: Path, got: str, expected: str) -> None:
@@ -223,10 +223,10 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     cviews = (cal.a, cal.b)
     elsewhere = None
     if view_pool is not None:
-        def elsewhere(x: int, args: tuple) -> Future:
+        def elsewhere(x: int, lines: dict) -> Future:
             v = names[x]
             return view_pool.submit(_read_and_split, image_of[v], v, views[v].sha256, beads[v],
-                                    args, first.pixel_spacing_mm)
+                                    lines, first.pixel_spacing_mm)
     cor = correspond((views[names[0]].image, views[names[1]].image), (beads[names[0]],
                      beads[names[1]]), cal, pixel_spacing_mm=first.pixel_spacing_mm,
                      gate_mm=study.thresholds["gate_mm"], options=_DETECT,

@@ -345,10 +345,10 @@ def _elsewhere(exam, log):
     images, dets, _, spacing = exam[:4]
     pool = ThreadPoolExecutor(1)
 
-    def run(x, args):
+    def run(x, lines):
         log.append(x)
-        return pool.submit(split_on_lines, images[x], dets[x], *args[:4],
-                           pixel_spacing_mm=spacing, options=OPTIONS, detected=args[4])
+        return pool.submit(split_on_lines, images[x], dets[x], **lines,
+                           pixel_spacing_mm=spacing, options=OPTIONS)
     return run
 
 
