@@ -170,17 +170,32 @@ def _kernels(centre: np.ndarray, sigma: np.ndarray, pix: np.ndarray, g: np.ndarr
     return K, dK_dc, dK_dls
 
 
-def _display(B: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """h_c(B) = −ln(1 − cB)/c, dh/dB and dh/dt for c = tanh(t), broadcast over (N, W, W)."""
+def _display(B: np.ndarray, t: np.ndarray, derivs: bool = True) -> tuple[np.ndarray, ...]:
+    """h_c(B) = −ln(1 − cB)/c and, with ``derivs``, dh/dB and dh/dt for c = tanh(t), broadcast
+    over (N, W, W). The display is one per image, so usually every bead has the same branch
+    (series near c = 0, logarithm otherwise) and only that branch is evaluated."""
     c = np.tanh(t)[:, None, None]
     small = np.abs(c) < 1e-3
+    linear, log = bool(small.all()), not small.any()
     cs = np.where(small, 1e-3, c)
     one_m = np.maximum(1.0 - c * B, 1e-12)
-    lg = np.log(one_m)
-    h = np.where(small, B + 0.5 * c * B * B, -lg / cs)
+    lg = None if linear else np.log(one_m)
+    if linear:
+        h = B + 0.5 * c * B * B
+    elif log:
+        h = -lg / cs
+    else:
+        h = np.where(small, B + 0.5 * c * B * B, -lg / cs)
+    if not derivs:
+        return (h,)
     dh_dB = 1.0 / one_m
-    dh_dc = np.where(small, 0.5 * B * B + (2.0 / 3.0) * c * B ** 3,
-                     B / (cs * one_m) + lg / (cs * cs))
+    if linear:
+        dh_dc = 0.5 * B * B + (2.0 / 3.0) * c * B ** 3
+    elif log:
+        dh_dc = B / (cs * one_m) + lg / (cs * cs)
+    else:
+        dh_dc = np.where(small, 0.5 * B * B + (2.0 / 3.0) * c * B ** 3,
+                         B / (cs * one_m) + lg / (cs * cs))
     return h, dh_dB, dh_dc * (1.0 - c * c)
 
 
@@ -231,14 +246,15 @@ def _quadratic(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
 
 
 def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.ndarray,
-                       cv: np.ndarray, setup: FitSetup, jac: bool = True
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
+                       cv: np.ndarray, setup: FitSetup, jac: bool = True,
+                       g: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Model (N, W, W) and Jacobian (N, P, W, W) for window pixel coordinates pu, pv (N, W).
 
-    ``cu``, ``cv`` (N,) are the reference coordinates of the background plane.
+    ``cu``, ``cv`` (N,) are the reference coordinates of the background plane; ``g`` the
+    sub-grid (:func:`_grid` of ``p`` when None; a wider one changes only the rounding).
     """
     sigma = np.exp(p[:, ILS])
-    g = _grid(setup, p)
+    g = _grid(setup, p) if g is None else g
     # products in float32 (2× faster; relative rounding 1e-7 ≪ pixel noise); the kernels'
     # centre offsets are computed in float64 first, so positions keep full precision
     Sd = tuple(x.astype(np.float32) for x in sharp_profile(p, g, setup.rim, jac))
@@ -249,7 +265,7 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     KvS = Kv[0] @ S                                    # (N, W, G)
     KuT = np.swapaxes(Ku[0], 1, 2)                     # (N, G, W)
     B = (KvS @ KuT).astype(np.float64)                 # (N, W, W)
-    h, dh, dht = _display(B, p[:, ILC])
+    h, *dhs = _display(B, p[:, ILC], derivs=jac)
     A = p[:, IA, None, None]
     du = (pu - cu[:, None])[:, None, :]
     dv = (pv - cv[:, None])[:, :, None]
@@ -259,6 +275,7 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
         model = model + p[:, IEA, None, None] * edge[0]
     if not jac:
         return model, None
+    dh, dht = dhs
     Ad = A * dh
     dKvS = Kv[1] @ S
     dKuT = np.swapaxes(Ku[1], 1, 2)
@@ -374,7 +391,8 @@ def linear_init(p: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray
 def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: np.ndarray,
         setup: FitSetup, *, iterations: int = 12, rho: np.ndarray | None = None,
         init_linear: bool = True, fixed: tuple[int, ...] = (),
-        box: tuple[np.ndarray, float] | None = None, curved: bool = False) -> FitResult:
+        box: tuple[np.ndarray, float] | None = None, curved: bool = False,
+        covariance: bool = True) -> FitResult:
     """Levenberg–Marquardt fit of all beads at once.
 
     Parameters
@@ -391,6 +409,9 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         Keep each bead centre inside this box (a trust region while neighbours overlap).
     curved : bool
         Fit the edge term's curvature too; otherwise it is held at its start value.
+    covariance : bool
+        Compute the centre covariance (``cov_uv``; NaN without: for fits whose parameters only
+        start later ones).
     """
     npar = p0.shape[1]
     free = np.ones(npar, bool)
@@ -424,28 +445,38 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         pt = _clip(p[idx] + step, setup)
         if box is not None:
             pt[:, :2] = np.clip(pt[:, :2], box[0][idx] - box[1], box[0][idx] + box[1])
-        mt, Jt = model_and_jacobian(pt, pu[idx], pv[idx], cu[idx], cv[idx], setup)
-        Jt[:, ~free] = 0.0
+        # the model first; the Jacobian only where the step is accepted (about half of the
+        # trial steps are not, and the Jacobian costs five times the model); both on the
+        # sub-grid of all trial steps, so that the result does not depend on which are accepted
+        g = _grid(setup, pt)
+        mt = model_and_jacobian(pt, pu[idx], pv[idx], cu[idx], cv[idx], setup, False, g)[0]
         rt = data[idx] - mt
         ct = np.einsum("nij,nij->n", wts[idx], rt * rt)
         ok = ct <= cost[idx]
         acc = idx[ok]
         small = np.max(np.abs(step[:, :2]), axis=1) < 1e-4
         rel = (cost[idx] - np.where(ok, ct, cost[idx])) / np.maximum(cost[idx], 1e-300)
-        p[acc], model[acc], J[acc], r[acc], cost[acc] = pt[ok], mt[ok], Jt[ok], rt[ok], ct[ok]
+        if acc.size:
+            Jt = model_and_jacobian(pt[ok], pu[acc], pv[acc], cu[acc], cv[acc], setup, True, g)[1]
+            Jt[:, ~free] = 0.0
+            J[acc] = Jt
+        p[acc], model[acc], r[acc], cost[acc] = pt[ok], mt[ok], rt[ok], ct[ok]
         # converged: an accepted, small Gauss–Newton-like step (not one shrunk by damping)
         done = (ok & small & (rel < 1e-6)) | (lam[idx] > 1e8)
         lam[acc] = np.maximum(lam[acc] * 0.3, 1e-7)
         lam[idx[~ok]] *= 10.0
         active[idx[done]] = False
+    npix = (wts > 0).reshape(n, -1).sum(1)
+    chi2 = cost / np.maximum(npix - npar, 1)
+    if not covariance:
+        return FitResult(params=p, cov_uv=np.full((n, 2, 2), np.nan), resid=r, model=model,
+                         chi2_red=chi2, npix=npix)
     Jf = J.reshape(n, npar, -1).astype(np.float64)
     sw = np.sqrt(wts).reshape(n, 1, -1)
     Jw = Jf * sw
     H = Jw @ np.swapaxes(Jw, 1, 2)
     H += 1e-9 * eye * np.maximum(np.diagonal(H, axis1=1, axis2=2).max(1), 1e-300)[:, None, None]
     Hinv = np.linalg.pinv(H, hermitian=True)
-    npix = (wts > 0).reshape(n, -1).sum(1)
-    chi2 = cost / np.maximum(npix - npar, 1)
     if rho is None:
         cov = Hinv[:, :2, :2]
     else:

@@ -254,7 +254,9 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
 
     def irls(p: np.ndarray, data: np.ndarray, ins: np.ndarray, pu_: np.ndarray,
              pv_: np.ndarray, rounds: int, iterations: int, **kw: object) -> FitResult:
-        return reweighted_fit(p, data, ins, pu_, pv_, setup, eps, rounds, iterations, fx, **kw)
+        # these fits only start later ones: no covariance
+        return reweighted_fit(p, data, ins, pu_, pv_, setup, eps, rounds, iterations, fx,
+                              covariance=False, **kw)
 
     # The display is linear (c = 0) or logarithmic (c = 1) in the detected quanta: a property
     # of the image (decided above from its noise), held fixed — free per bead it trades off
