@@ -243,23 +243,30 @@ def background(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
 
 
 def _quadratic(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
+    """The quadratic background; ``du`` (N, 1, W) and ``dv`` (N, W, 1) as the window's
+    columns and rows (the terms in one of them are summed before they are spread out)."""
     P = [p[:, i, None, None] for i in (IB0, IBU, IBV, IBUU, IBUV, IBVV)]
-    return P[0] + P[1] * du + P[2] * dv + _QS * (P[3] * du * du + P[4] * du * dv + P[5] * dv * dv)
+    along_u = P[0] + P[1] * du + (_QS * P[3]) * (du * du)
+    along_v = P[2] * dv + (_QS * P[5]) * (dv * dv)
+    return along_u + along_v + (_QS * P[4]) * (du * dv)
 
 
 def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.ndarray,
                        cv: np.ndarray, setup: FitSetup, jac: bool = True,
-                       g: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                       g: np.ndarray | None = None, held: tuple[int, ...] = ()
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """Model (N, W, W) and Jacobian (N, P, W, W) for window pixel coordinates pu, pv (N, W).
 
     ``cu``, ``cv`` (N,) are the reference coordinates of the background plane; ``g`` the
     sub-grid (:func:`_grid` of ``p`` when None; a wider one changes only the rounding).
+    The Jacobian's rows of the ``held`` parameters are zero (those of the optical depth and
+    the display, usually held, are then not computed).
     """
     sigma = np.exp(p[:, ILS])
     g = _grid(setup, p) if g is None else g
     # products in float32 (2× faster; relative rounding 1e-7 ≪ pixel noise); the kernels'
     # centre offsets are computed in float64 first, so positions keep full precision
-    Sd = sharp_profile(p, g, setup.rim, jac)
+    Sd = sharp_profile(p, g, setup.rim, jac and ILK not in held)
     S = Sd[0]
     Ku = tuple(x.astype(np.float32) for x in _kernels(p[:, IU], sigma, pu, g, setup.sub, jac))
     Kv = tuple(x.astype(np.float32) for x in _kernels(p[:, IV], sigma, pv, g, setup.sub, jac))
@@ -306,10 +313,11 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     for i, m4 in maps.items():
         b00, b01, b10, b11 = (x[:, None, None] for x in m4)
         J[:, i] = -Ad * (b00 * P1 + b01 * P2 + b10 * P3 + b11 * P4 + (b00 + b11) * B)
-    J[:, ILK] = Ad * ((Kv[0] @ Sd[1]) @ KuT)
-    J[:, ILC] = A * dht
+    J[:, ILK] = 0.0 if ILK in held else Ad * ((Kv[0] @ Sd[1]) @ KuT)
+    J[:, ILC] = 0.0 if ILC in held else A * dht
     J[:, IA] = h
     background_jacobian(p, du, dv, edge if p.shape[1] > NPAR else None, J)
+    J[:, list(held)] = 0.0
     return model, J
 
 
@@ -426,18 +434,19 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
     p = _clip(linear_init(p0, data, wts, pu, pv, cu, cv, setup) if init_linear
               else p0.copy(), setup)
     lam = np.full(n, 1e-3)
-    model, J = model_and_jacobian(p, pu, pv, cu, cv, setup)
-    J[:, ~free] = 0.0
+    held = tuple(int(i) for i in np.flatnonzero(~free))
+    model, J = model_and_jacobian(p, pu, pv, cu, cv, setup, held=held)
     r = data - model
     cost = np.einsum("nij,nij->n", wts, r * r)
     active = np.ones(n, bool)
     eye = np.eye(npar)
+    w32 = wts.reshape(n, 1, -1).astype(np.float32)
     for _ in range(iterations):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        Jf = J[idx].reshape(idx.size, npar, -1)
-        Jw = Jf * wts[idx].reshape(idx.size, 1, -1).astype(np.float32)
+        Jf = (J if idx.size == n else J[idx]).reshape(idx.size, npar, -1)
+        Jw = Jf * (w32 if idx.size == n else w32[idx])
         H = (Jw @ np.swapaxes(Jf, 1, 2)).astype(np.float64)
         grad = (Jw @ r[idx].reshape(idx.size, -1, 1).astype(np.float32))[..., 0].astype(float)
         d = np.diagonal(H, axis1=1, axis2=2)
@@ -459,9 +468,8 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         small = np.max(np.abs(step[:, :2]), axis=1) < 1e-4
         rel = (cost[idx] - np.where(ok, ct, cost[idx])) / np.maximum(cost[idx], 1e-300)
         if acc.size:
-            Jt = model_and_jacobian(pt[ok], pu[acc], pv[acc], cu[acc], cv[acc], setup, True, g)[1]
-            Jt[:, ~free] = 0.0
-            J[acc] = Jt
+            J[acc] = model_and_jacobian(pt[ok], pu[acc], pv[acc], cu[acc], cv[acc], setup, True,
+                                        g, held)[1]
         p[acc], model[acc], r[acc], cost[acc] = pt[ok], mt[ok], rt[ok], ct[ok]
         # converged: an accepted, small Gauss–Newton-like step (not one shrunk by damping)
         done = (ok & small & (rel < 1e-6)) | (lam[idx] > 1e8)
