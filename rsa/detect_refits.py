@@ -526,12 +526,13 @@ def _joint_transmission(pa: np.ndarray, pb: np.ndarray, pu: np.ndarray, pv: np.n
     if not jac:
         return D, None, None
     out = []
-    geometric = [IU, IV, IR, IE1, IE2, ILS, ILK]
+    geometric = [IU, IV, IR, IE1, IE2, ILS, ILK]      # the other rows are zero
     for J, other, c in ((Ja, Bb, ca), (Jb, Ba, cb)):
+        dg = -(1.0 - other)[:, None] * J[:, geometric]
+        dg[:, geometric.index(ILS)] *= c[:, None, None]
         dT = np.zeros(J.shape)
-        dT[:, geometric] = -(1.0 - other)[:, None] * J[:, geometric]
-        dT[:, ILS] *= c[:, None, None]
-        out.append(_pixel_blur(dT, detector_blur))
+        dT[:, geometric] = _pixel_blur(dg, detector_blur)
+        out.append(dT)
     return D, out[0], out[1]
 
 
