@@ -112,16 +112,14 @@ def sharp_profile(p: np.ndarray, g: np.ndarray, d: float, derivs: bool = False
     """Blocked fraction S (N, G, G) on the bead-centred sub-grid ``g`` (row = v, column = u).
 
     With ``derivs`` also returns dS/dlog k (smooth; the geometric parameters are differentiated
-    through the kernels, see :func:`model_and_jacobian`). In float32, as the products it enters
-    (the profile is relative to the bead centre, so no position precision is at stake).
+    through the kernels, see :func:`model_and_jacobian`).
     """
-    f4 = np.float32
-    R2 = (p[:, IR] ** 2).astype(f4)[:, None, None]
-    e1 = p[:, IE1].astype(f4)[:, None, None]
-    e2 = p[:, IE2].astype(f4)[:, None, None]
-    k = np.exp(p[:, ILK]).astype(f4)[:, None, None]
-    x = g.astype(f4)[None, None, :]
-    y = g.astype(f4)[None, :, None]
+    R2 = (p[:, IR] ** 2)[:, None, None]
+    e1 = p[:, IE1, None, None]
+    e2 = p[:, IE2, None, None]
+    k = np.exp(p[:, ILK])[:, None, None]
+    x = g[None, None, :]
+    y = g[None, :, None]
     qn = (x * x + y * y) + e1 * (x * x - y * y) + (2.0 * e2) * (x * y)
     rho = np.sqrt(qn / R2)
     # chord factor √(1−ρ²) = √(1+ρ)·√(1−ρ), with √(1−ρ) averaged over a fixed width d of the
@@ -266,7 +264,8 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     g = _grid(setup, p) if g is None else g
     # products in float32 (2× faster; relative rounding 1e-7 ≪ pixel noise); the kernels'
     # centre offsets are computed in float64 first, so positions keep full precision
-    Sd = sharp_profile(p, g, setup.rim, jac and ILK not in held)
+    Sd = tuple(x.astype(np.float32) for x in sharp_profile(p, g, setup.rim,
+                                                           jac and ILK not in held))
     S = Sd[0]
     Ku = tuple(x.astype(np.float32) for x in _kernels(p[:, IU], sigma, pu, g, setup.sub, jac))
     Kv = tuple(x.astype(np.float32) for x in _kernels(p[:, IV], sigma, pv, g, setup.sub, jac))
