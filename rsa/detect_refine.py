@@ -170,10 +170,12 @@ def _kernels(centre: np.ndarray, sigma: np.ndarray, pix: np.ndarray, g: np.ndarr
     return K, dK_dc, dK_dls
 
 
-def _display(B: np.ndarray, t: np.ndarray, derivs: bool = True) -> tuple[np.ndarray, ...]:
-    """h_c(B) = −ln(1 − cB)/c and, with ``derivs``, dh/dB and dh/dt for c = tanh(t), broadcast
-    over (N, W, W). The display is one per image, so usually every bead has the same branch
-    (series near c = 0, logarithm otherwise) and only that branch is evaluated."""
+def _display(B: np.ndarray, t: np.ndarray, derivs: bool = True, dt: bool = True
+             ) -> tuple[np.ndarray, ...]:
+    """h_c(B) = −ln(1 − cB)/c and, with ``derivs``, dh/dB and dh/dt (None without ``dt``) for
+    c = tanh(t), broadcast over (N, W, W). The display is one per image, so usually every bead
+    has the same branch (series near c = 0, logarithm otherwise) and only that branch is
+    evaluated."""
     c = np.tanh(t)[:, None, None]
     small = np.abs(c) < 1e-3
     linear, log = bool(small.all()), not small.any()
@@ -189,6 +191,8 @@ def _display(B: np.ndarray, t: np.ndarray, derivs: bool = True) -> tuple[np.ndar
     if not derivs:
         return (h,)
     dh_dB = 1.0 / one_m
+    if not dt:
+        return h, dh_dB, None
     if linear:
         dh_dc = 0.5 * B * B + (2.0 / 3.0) * c * B ** 3
     elif log:
@@ -202,16 +206,16 @@ def _display(B: np.ndarray, t: np.ndarray, derivs: bool = True) -> tuple[np.ndar
 _QS = 0.01   # scale of the quadratic background terms (keeps JᵀJ balanced)
 
 
-def edge_profile(p: np.ndarray, du: np.ndarray, dv: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+def edge_profile(p: np.ndarray, du: np.ndarray, dv: np.ndarray, derivs: bool = True
+                 ) -> tuple:
     """Unit blurred step Φ(z) of the edge term, z = s/w, s the signed distance from the edge.
 
     The edge is a circle of curvature κ (a screw head, a cup rim; κ = 0: a straight line)
     through the point d·n, n = (cos θ, sin θ), with normal n there. With a = n·x − d and
     t = n⊥·x (x from the window centre), D = √((1 + κa)² + (κt)²),
     s = (2a + κ(a² + t²)) / (1 + D), regular at κ = 0 (s = a). ``du``, ``dv`` broadcast to
-    (N, W, W); returns Φ, φ(z)/w (= dΦ/ds), z and the derivatives of s with respect to θ, d,
-    κ, u and v.
+    (N, W, W); returns Φ and, with ``derivs``, φ(z)/w (= dΦ/ds), z and the derivatives of s
+    with respect to θ, d, κ, u and v.
     """
     th = p[:, IET, None, None]
     c, s = np.cos(th), np.sin(th)
@@ -224,6 +228,8 @@ def edge_profile(p: np.ndarray, du: np.ndarray, dv: np.ndarray
     D = np.sqrt(np.maximum((1.0 + k * a) ** 2 + (k * t) ** 2, 1e-12))
     dist = num / (1.0 + D)
     z = dist / w
+    if not derivs:
+        return (ndtr(z),)
     ga, gt = (1.0 + k * a) / D, k * t / D          # ∂s/∂a, ∂s/∂t: the unit normal at x
     s_k = (r2 * (1.0 + D) - num * (a + k * r2) / D) / (1.0 + D) ** 2
     # ∂a/∂θ = t, ∂t/∂θ = −(a + d); ∂a/∂d = −1
@@ -236,7 +242,7 @@ def background(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
     (:func:`edge_profile`) when ``p`` has the edge layout (:data:`NPAR_EDGE` columns)."""
     bg = _quadratic(p, du, dv)
     if p.shape[1] > NPAR:
-        bg = bg + p[:, IEA, None, None] * edge_profile(p, du, dv)[0]
+        bg = bg + p[:, IEA, None, None] * edge_profile(p, du, dv, derivs=False)[0]
     return bg
 
 
@@ -273,13 +279,13 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     KvS = Kv[0] @ S                                    # (N, W, G)
     KuT = np.swapaxes(Ku[0], 1, 2)                     # (N, G, W)
     B = (KvS @ KuT).astype(np.float64)                 # (N, W, W)
-    h, *dhs = _display(B, p[:, ILC], derivs=jac)
+    h, *dhs = _display(B, p[:, ILC], derivs=jac, dt=ILC not in held)
     A = p[:, IA, None, None]
     du = (pu - cu[:, None])[:, None, :]
     dv = (pv - cv[:, None])[:, :, None]
     model = A * h + _quadratic(p, du, dv)
     if p.shape[1] > NPAR:
-        edge = edge_profile(p, du, dv)
+        edge = edge_profile(p, du, dv, derivs=jac)
         model = model + p[:, IEA, None, None] * edge[0]
     if not jac:
         return model, None
@@ -386,7 +392,7 @@ def linear_init(p: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray
     dv = np.broadcast_to((pv - cv[:, None])[:, :, None], h.shape)
     cols = [h, np.ones_like(h), du, dv, du * du * _QS, du * dv * _QS, dv * dv * _QS]
     if len(lin) > len(LINEAR):
-        cols.append(np.broadcast_to(edge_profile(q, du, dv)[0], h.shape))
+        cols.append(np.broadcast_to(edge_profile(q, du, dv, derivs=False)[0], h.shape))
     Bm = np.stack(cols, axis=1).reshape(len(p), len(lin), -1)
     Bw = Bm * wts.reshape(len(p), 1, -1)
     H = Bw @ np.swapaxes(Bm, 1, 2)
