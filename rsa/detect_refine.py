@@ -257,21 +257,26 @@ def _quadratic(p: np.ndarray, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
 
 def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.ndarray,
                        cv: np.ndarray, setup: FitSetup, jac: bool = True,
-                       g: np.ndarray | None = None, held: tuple[int, ...] = ()
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
+                       g: np.ndarray | None = None, held: tuple[int, ...] = (),
+                       S: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Model (N, W, W) and Jacobian (N, P, W, W) for window pixel coordinates pu, pv (N, W).
 
     ``cu``, ``cv`` (N,) are the reference coordinates of the background plane; ``g`` the
     sub-grid (:func:`_grid` of ``p`` when None; a wider one changes only the rounding).
     The Jacobian's rows of the ``held`` parameters are zero (those of the optical depth and
-    the display, usually held, are then not computed).
+    the display, usually held, are then not computed). ``S``: the sharp profile
+    (:func:`sharp_profile` on ``g``, float32) when already at hand; not with a free optical
+    depth's Jacobian, which needs its derivative.
     """
     sigma = np.exp(p[:, ILS])
     g = _grid(setup, p) if g is None else g
     # products in float32 (2× faster; relative rounding 1e-7 ≪ pixel noise); the kernels'
     # centre offsets are computed in float64 first, so positions keep full precision
-    Sd = tuple(x.astype(np.float32) for x in sharp_profile(p, g, setup.rim,
-                                                           jac and ILK not in held))
+    derivs = jac and ILK not in held
+    if S is not None and not derivs:
+        Sd = (S,)
+    else:
+        Sd = tuple(x.astype(np.float32) for x in sharp_profile(p, g, setup.rim, derivs))
     S = Sd[0]
     Ku = tuple(x.astype(np.float32) for x in _kernels(p[:, IU], sigma, pu, g, setup.sub, jac))
     Kv = tuple(x.astype(np.float32) for x in _kernels(p[:, IV], sigma, pv, g, setup.sub, jac))
@@ -465,7 +470,8 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         # trial steps are not, and the Jacobian costs five times the model); both on the
         # sub-grid of all trial steps, so that the result does not depend on which are accepted
         g = _grid(setup, pt)
-        mt = model_and_jacobian(pt, pu[idx], pv[idx], cu[idx], cv[idx], setup, False, g)[0]
+        S = sharp_profile(pt, g, setup.rim)[0].astype(np.float32)    # for both
+        mt = model_and_jacobian(pt, pu[idx], pv[idx], cu[idx], cv[idx], setup, False, g, S=S)[0]
         rt = data[idx] - mt
         ct = np.einsum("nij,nij->n", wts[idx], rt * rt)
         ok = ct <= cost[idx]
@@ -474,7 +480,7 @@ def fit(p0: np.ndarray, data: np.ndarray, wts: np.ndarray, pu: np.ndarray, pv: n
         rel = (cost[idx] - np.where(ok, ct, cost[idx])) / np.maximum(cost[idx], 1e-300)
         if acc.size:
             J[acc] = model_and_jacobian(pt[ok], pu[acc], pv[acc], cu[acc], cv[acc], setup, True,
-                                        g, held)[1]
+                                        g, held, S[ok])[1]
         p[acc], model[acc], r[acc], cost[acc] = pt[ok], mt[ok], rt[ok], ct[ok]
         # converged: an accepted, small Gauss–Newton-like step (not one shrunk by damping)
         done = (ok & small & (rel < 1e-6)) | (lam[idx] > 1e8)
