@@ -427,7 +427,7 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
                 pu: np.ndarray, pv: np.ndarray, setup: FitSetup, fixed: tuple[int, ...],
                 iterations: int, eps: float, log_display: bool, *,
                 box: tuple[np.ndarray, float] | None = None, rho: np.ndarray | None = None,
-                rounds: int = 2) -> tuple[FitResult, np.ndarray]:
+                rounds: int = 2, covariance: bool = True) -> tuple[FitResult, np.ndarray]:
     """Fits of beads half over a metal implant edge: typical shape, step, noise of the levels.
 
     Half over the edge of a metal implant, a bead's plain fit is pulled onto the edge: drifted,
@@ -444,7 +444,8 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
     then starts from the window's dominant gradient, :func:`_edge_start`) or the edge layout
     (a previous rescue fit, refitted).
 
-    Returns the fit and the weights of its last round. The weights depend on the background,
+    Returns the fit (its centre covariance only with ``covariance``) and the weights of its
+    last round. The weights depend on the background,
     not on the bead alone, so they are not symmetric about the centre; and the model adds the
     step to the bead in the display, while the detector blur acts on the quanta after the
     implant has attenuated them. A bias along the edge normal remains (0.1–0.45 px on the
@@ -462,12 +463,12 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
     else:
         p, init = p0, False
     r = None
-    for _ in range(rounds):
+    for k in range(rounds):
         w = inside / bead_var(p[:, :NPAR])
         if log_display:
             w = w / level_variance(p, pu, pv, setup, eps)
         r = fit(p, data, w, pu, pv, setup, iterations=iterations, fixed=fx, box=box, rho=rho,
-                init_linear=init)
+                init_linear=init, covariance=covariance and k == rounds - 1)
         p, init, iterations = r.params, False, max(4, iterations // 2)
     return r, w
 

@@ -117,7 +117,7 @@ def _rescue(q: np.ndarray, centres: np.ndarray, work: np.ndarray, setup: FitSetu
     q[:, IU], q[:, IV] = centres[:, 0], centres[:, 1]
     e, _ = edge_rescue(q, data, inside, lambda x: _rel_variance(x, pu, pv, setup, eps), pu, pv,
                        setup, fx, opts.iterations, eps, log_display,
-                       box=(centres.astype(float), box))
+                       box=(centres.astype(float), box), covariance=False)
     pe = e.params
     snr = peak_contrast(e.model, pe, pu, pv) / np.sqrt(np.maximum(e.chi2_red, 1e-300))
     amp = pe[:, IA] / a_typ
