@@ -182,10 +182,11 @@ def _start(uv, radius, opts, setup, log_display: bool) -> np.ndarray:
 
 
 def _fit_one(work, p, setup, opts, rounds: int = 2, fixed=(ILC, ILK)):
-    """Plain one-bead fit (weighting rounds), windows on the rounded start centres."""
+    """Plain one-bead fit (weighting rounds), windows on the rounded start centres; no
+    covariance (the parameters are what the split uses)."""
     data, inside, pu, pv = _windows(work, np.rint(p[:, [IU, IV]]).astype(int), setup.half)
     return reweighted_fit(p, data, inside, pu, pv, setup, opts.read_noise_fraction, rounds,
-                          opts.iterations, fixed)
+                          opts.iterations, fixed, covariance=False)
 
 
 def split_on_lines(image: ArrayLike, beads: Beads2D, centres: ArrayLike, points: ArrayLike,

@@ -190,13 +190,15 @@ def _rel_variance_t(t: np.ndarray, c: np.ndarray | float, eps: float) -> np.ndar
 
 def reweighted_fit(p: np.ndarray, data: np.ndarray, ins: np.ndarray, pu: np.ndarray,
                    pv: np.ndarray, setup: FitSetup, eps: float, rounds: int, iterations: int,
-                   fixed: tuple[int, ...], **kw: object) -> FitResult:
+                   fixed: tuple[int, ...], covariance: bool = True, **kw: object) -> FitResult:
     """One-bead fits with the pixel weights of :func:`_rel_variance` renewed from each round's
-    fit (``rounds`` rounds; the first starts from a linear fit unless ``init_linear=False``)."""
+    fit (``rounds`` rounds; the first starts from a linear fit unless ``init_linear=False``);
+    the last round's centre covariance with ``covariance``."""
     r = None
-    for _ in range(rounds):
+    for k in range(rounds):
         w = ins / _rel_variance(p, pu, pv, setup, eps)
-        r = fit(p, data, w, pu, pv, setup, iterations=iterations, fixed=fixed, **kw)
+        r = fit(p, data, w, pu, pv, setup, iterations=iterations, fixed=fixed,
+                covariance=covariance and k == rounds - 1, **kw)
         p = r.params
         kw["init_linear"] = False
     return r
