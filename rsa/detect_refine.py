@@ -182,24 +182,21 @@ def _display(B: np.ndarray, t: np.ndarray, derivs: bool = True, dt: bool = True
     cs = np.where(small, 1e-3, c)
     one_m = np.maximum(1.0 - c * B, 1e-12)
     lg = None if linear else np.log(one_m)
-    if linear:
-        h = B + 0.5 * c * B * B
-    elif log:
-        h = -lg / cs
-    else:
-        h = np.where(small, B + 0.5 * c * B * B, -lg / cs)
+
+    def branch(series, logarithm):
+        """The series where c ≈ 0, the logarithm's form elsewhere (only those in use)."""
+        if linear or log:
+            return series() if linear else logarithm()
+        return np.where(small, series(), logarithm())
+
+    h = branch(lambda: B + 0.5 * c * B * B, lambda: -lg / cs)
     if not derivs:
         return (h,)
     dh_dB = 1.0 / one_m
     if not dt:
         return h, dh_dB, None
-    if linear:
-        dh_dc = 0.5 * B * B + (2.0 / 3.0) * c * B ** 3
-    elif log:
-        dh_dc = B / (cs * one_m) + lg / (cs * cs)
-    else:
-        dh_dc = np.where(small, 0.5 * B * B + (2.0 / 3.0) * c * B ** 3,
-                         B / (cs * one_m) + lg / (cs * cs))
+    dh_dc = branch(lambda: 0.5 * B * B + (2.0 / 3.0) * c * B ** 3,
+                   lambda: B / (cs * one_m) + lg / (cs * cs))
     return h, dh_dB, dh_dc * (1.0 - c * c)
 
 
@@ -323,8 +320,10 @@ def model_and_jacobian(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, cu: np.nda
     for i, m4 in maps.items():
         b00, b01, b10, b11 = (x[:, None, None] for x in m4)
         J[:, i] = -Ad * (b00 * P1 + b01 * P2 + b10 * P3 + b11 * P4 + (b00 + b11) * B)
-    J[:, ILK] = 0.0 if ILK in held else Ad * ((Kv[0] @ Sd[1]) @ KuT)
-    J[:, ILC] = 0.0 if ILC in held else A * dht
+    if ILK not in held:
+        J[:, ILK] = Ad * ((Kv[0] @ Sd[1]) @ KuT)
+    if ILC not in held:
+        J[:, ILC] = A * dht
     J[:, IA] = h
     background_jacobian(p, du, dv, edge if p.shape[1] > NPAR else None, J)
     J[:, list(held)] = 0.0

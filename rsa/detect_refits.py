@@ -334,8 +334,7 @@ def _second_start(e: FitResult, start: np.ndarray, plain: np.ndarray, earlier: n
     q = _step_start(earlier[j], m, data[j], inside[j], w[j], pu[j], pv[j], setup)
     e2 = fit(q, data[j], w[j], pu[j], pv[j], setup, iterations=iterations, rho=rho, fixed=fixed,
              box=(earlier[j][:, [IU, IV]], box_px))
-    better = (e2.chi2_red < e.chi2_red[j]) & (e2.params[:, IA] > 0) & np.isfinite(
-        e2.params).all(1)
+    better = _lower_misfit(e, j, e2)
     start = start.copy()
     start[j[better]] = earlier[j[better]][:, [IU, IV]]
     return _scatter(e, j[better], e2, better), start
@@ -367,8 +366,7 @@ def _shape_restart(e: FitResult, start: np.ndarray, typical: tuple[float, float]
     q = linear_init(q, data[j], w[j], pu[j], pv[j], pu[j, setup.half], pv[j, setup.half], setup)
     e2 = fit(q, data[j], w[j], pu[j], pv[j], setup, iterations=iterations, rho=rho,
              fixed=fixed, box=(start[j], box_px), init_linear=False)
-    better = (e2.chi2_red < e.chi2_red[j]) & (e2.params[:, IA] > 0) & np.isfinite(
-        e2.params).all(1)
+    better = _lower_misfit(e, j, e2)
     return _scatter(e, j[better], e2, better)
 
 
@@ -387,7 +385,17 @@ def _curved(e: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: n
     the refit and the rows where it is a valid fit (finite, positive amplitude)."""
     c = fit(e.params, data, w, pu, pv, setup, iterations=iterations, rho=rho, fixed=fixed,
             box=box, init_linear=False, curved=True)
-    return c, (c.params[:, IA] > 0) & np.isfinite(c.params).all(1)
+    return c, _valid(c)
+
+
+def _valid(r: FitResult) -> np.ndarray:
+    """Rows of ``r`` that are a bead's fit: finite, with a positive amplitude."""
+    return (r.params[:, IA] > 0) & np.isfinite(r.params).all(1)
+
+
+def _lower_misfit(e: FitResult, rows: np.ndarray, e2: FitResult) -> np.ndarray:
+    """Where the refit ``e2`` of ``e``'s rows ``rows`` is valid and fits better."""
+    return (e2.chi2_red < e.chi2_red[rows]) & _valid(e2)
 
 
 def _rows(a: FitResult, b: FitResult, take: np.ndarray) -> FitResult:
