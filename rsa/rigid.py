@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from rsa._rigid_cov import _MAX_ITER as _COV_MAX_ITER
+from rsa._rigid_cov import refine_covariance
 from rsa._rigid_pose import Pose, _trusted
 from rsa._rigid_solver import optimal_rotation, optimal_rotation_soa
 from rsa._validate import as_points, readonly
@@ -111,6 +113,41 @@ def _prepare_weights(weights: ArrayLike | None, shape: tuple[int, ...]) -> np.nd
     return w
 
 
+def _prepare_covariance(covariance, shape: tuple[int, ...], finite: np.ndarray, w: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Σx, Σy broadcast to (..., N, 3, 3), checked where a bead is used (finite, w > 0), and
+    zero elsewhere; the weights with missing beads set to 0."""
+    try:
+        cov_x, cov_y = covariance
+    except (TypeError, ValueError):
+        raise ShapeError("Expected `covariance` to be a pair (Σx, Σy) of (..., N, 3, 3) "
+                         "arrays.") from None
+    out = []
+    use = finite & (w > 0)
+    for name, c in (("Σx", cov_x), ("Σy", cov_y)):
+        try:
+            c = np.broadcast_to(np.asarray(c, dtype=np.float64), (*shape, 3, 3))
+        except (TypeError, ValueError):
+            raise ShapeError(f"Expected `covariance` {name} to be a numeric array broadcasting "
+                             f"to (..., N, 3, 3) = {(*shape, 3, 3)}, got "
+                             f"{np.shape(c)}.") from None
+        c = np.where(use[..., None, None], c, 0.0)
+        if not np.all(np.isfinite(c)):
+            raise ShapeError(f"Expected `covariance` {name} to be finite for every bead used.")
+        if np.abs(c - np.swapaxes(c, -1, -2)).max(initial=0.0) > 1e-9 * max(
+                np.abs(c).max(initial=0.0), 1e-300):
+            raise ShapeError(f"Expected `covariance` {name} to be symmetric.")
+        if np.linalg.eigvalsh(c).min(initial=0.0) < -1e-12 * max(np.abs(c).max(initial=0.0),
+                                                                 1e-300):
+            raise ShapeError(f"Expected `covariance` {name} to be positive semi-definite.")
+        out.append(c)
+    total = np.where(use[..., None, None], out[0] + out[1], np.eye(3))
+    if np.any(np.linalg.eigvalsh(total)[..., 0] <= 0):
+        raise ShapeError("Expected `covariance` Σx + Σy to be positive definite for every bead "
+                         "used.")
+    return out[0], out[1], np.where(finite, w, 0.0)
+
+
 def _broadcast_pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Validate two bead arrays (..., N, 3) and broadcast their batch dimensions."""
     x = as_points(x, "x", min_ndim=2)
@@ -148,7 +185,8 @@ def _fit_core(x: np.ndarray, y: np.ndarray, w: np.ndarray):
     return R, t, np.nan_to_num(xm), collinear
 
 
-def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -> RigidFit:
+def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None,
+              covariance: tuple[ArrayLike, ArrayLike] | None = None) -> RigidFit:
     """Weighted least-squares rigid-body fit ``y ≈ R x + t`` (Söderkvist & Wedin), batched.
 
     Minimises Σ wᵢ ‖R xᵢ + t − yᵢ‖² over proper rotations R (det +1) and translations t:
@@ -165,6 +203,14 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -
         broadcast, so one reference ``(N, 3)`` can be fitted to many exams ``(E, N, 3)``.
     weights : (..., N) array_like, optional
         Non-negative bead weights (default 1). Beads with NaN in `x` or `y` get weight 0.
+    covariance : pair of (..., N, 3, 3) array_like, optional
+        Σx, Σy: each bead's error covariance in `x` and in `y` (mm²; either may be zero where
+        the other is positive definite). The fit then minimises Σ wᵢ rᵢᵀ Sᵢ⁻¹ rᵢ with
+        rᵢ = R xᵢ + t − yᵢ and Sᵢ = R Σxᵢ Rᵀ + Σyᵢ: each residual weighted by its own
+        covariance, so a bead uncertain in one direction only (e.g. well seen in one view,
+        poorly in the other) still fixes the other two. Solved by Gauss–Newton from the
+        isotropic fit with weights wᵢ / tr Sᵢ (``rsa._rigid_cov``). With Σxᵢ + Σyᵢ = sᵢ² I it
+        is the isotropic fit with weights wᵢ / sᵢ².
 
     Returns
     -------
@@ -178,7 +224,7 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -
         Wrong shapes, different N in `x` and `y`, invalid weights.
     EstimationError
         Fewer than 3 usable beads, or collinear usable beads, in any batch element (the message
-        names the first offending batch index).
+        names the first offending batch index); with `covariance`, a fit that does not converge.
 
     Notes
     -----
@@ -194,10 +240,12 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -
     """
     x, y = _broadcast_pair(x, y)
     batch, n = x.shape[:-2], x.shape[-2]
-    if weights is None and n >= 3 and np.isfinite(x.sum() + y.sum()):
+    if weights is None and covariance is None and n >= 3 and np.isfinite(x.sum() + y.sum()):
         return _fit_all_valid(x, y, batch, n)  # common case: no missing beads, unit weights
     w = _prepare_weights(weights, (*batch, n))
     finite = np.isfinite(x).all(axis=-1) & np.isfinite(y).all(axis=-1)
+    if covariance is not None:
+        cov_x, cov_y, w = _prepare_covariance(covariance, (*batch, n), finite, w)
     used = finite & (w > 0)
     w = np.where(used, w, 0.0)
     x0 = np.where(finite[..., None], x, 0.0)
@@ -210,8 +258,18 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None) -
             f"{_index_text(batch, k)}{int(n_used.ravel()[k])} valid beads, need ≥ 3 "
             "for a rigid fit."
         )
-    R, t, xm, cm = _fit_core(x0, y0, w)
-    _check_collinear(cm, n_used, batch)
+    if covariance is None:
+        R, t, xm, cm = _fit_core(x0, y0, w)
+        _check_collinear(cm, n_used, batch)
+    else:   # isotropic start, weights wᵢ / (mean variance of Sᵢ), then Gauss–Newton
+        var = np.trace(cov_x + cov_y, axis1=-2, axis2=-1) / 3.0
+        R, t, xm, cm = _fit_core(x0, y0, np.where(used, w / np.where(used, var, 1.0), 0.0))
+        _check_collinear(cm, n_used, batch)
+        R, t, done = refine_covariance(x0, y0, w, cov_x, cov_y, R, t, xm)
+        if not np.all(done):
+            k = int(np.flatnonzero(~done.ravel())[0])
+            raise EstimationError(f"{_index_text(batch, k)}the covariance-weighted rigid fit "
+                                  f"did not converge in {_COV_MAX_ITER} iterations.")
     res = np.linalg.norm(np.matmul(x0, np.swapaxes(R, -1, -2)) + t[..., None, :] - y0, axis=-1)
     me = np.where(used, res, 0.0).sum(axis=-1) / n_used
     res = np.where(finite, res, np.nan)
