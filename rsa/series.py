@@ -135,7 +135,8 @@ def _resolve_conflicts(claims: dict[str, np.ndarray], dists: dict[str, np.ndarra
 def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
                     motions: Sequence[MotionSpec], thresholds: Mapping[str, float], *,
                     sigma_mm: Sequence[np.ndarray] | None = None,
-                    likely: Sequence[np.ndarray] | None = None) -> SubjectSeries:
+                    likely: Sequence[np.ndarray] | None = None,
+                    cov_mm2: Sequence[np.ndarray] | None = None) -> SubjectSeries:
     """Label, fit and compute motions for one subject.
 
     Parameters
@@ -154,6 +155,14 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
         (:attr:`rsa.triangulate.RayMatch.likely`). A point that is not (e.g. a bead's ray
         paired with a spurious detection) is labelled only within ``label_tol_mm`` of its
         model position, not up to ``label_gate_mm``: its position says little about the bead.
+    cov_mm2 : sequence of (P_e, 3, 3) arrays, optional
+        3D error covariance of every point (mm²). The segment fits then weight each bead's
+        residual by the inverse of its full covariance (the model bead's, rotated, plus the
+        exam's: :func:`rsa.rigid.fit_rigid` ``covariance``) instead of ``1/σ²``: a bead seen
+        well in one view and poorly in the other is uncertain mainly along one direction and
+        still fixes the other two. ``sigma_mm`` keeps weighting the labelling, the screening
+        of displaced beads and the placing of model beads. A point whose covariance is not
+        finite is weighted by ``sigma_mm`` (or 1 mm) isotropically.
     """
     exams = subject.exams
     ref_i = next(i for i, e in enumerate(exams) if e.kind == "reference")
@@ -196,12 +205,13 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
     first = {k: np.where(weak[k][:, None], np.nan, m) for k, m in ref_models.items()}
     no_sigma = {seg.name: np.full(len(seg.bead_ids), np.nan) for seg in subject.segments}
     segments, flags, notes2 = _label_and_fit(subject, points, thresholds, sigma_mm, likely,
-                                             labels, ref_i, claims, first, no_sigma)
+                                             labels, ref_i, claims, first, no_sigma, cov_mm2)
     models, model_sigma, placed = _complete_models(subject, segments, points, sigma_mm, likely,
                                                    thresholds, ref_i, weak)
     if placed or any(w.any() for w in weak.values()):
         segments, flags, notes2 = _label_and_fit(subject, points, thresholds, sigma_mm, likely,
-                                                 labels, ref_i, claims, models, model_sigma)
+                                                 labels, ref_i, claims, models, model_sigma,
+                                                 cov_mm2)
         notes[exams[ref_i].id].extend(placed)
     for k, v in notes2.items():
         notes[k].extend(v)
@@ -223,7 +233,7 @@ def analyse_subject(subject: SubjectSpec, points: Sequence[np.ndarray],
 
 def _label_and_fit(subject: SubjectSpec, points, thresholds, sigma_mm, likely, labels, ref_i,
                    ref_claims: dict[str, np.ndarray], models: dict[str, np.ndarray],
-                   model_sigma: dict[str, np.ndarray]):
+                   model_sigma: dict[str, np.ndarray], cov_mm2=None):
     """Steps 2–3 of :func:`analyse_subject` for given marker models: every exam but the
     reference (whose beads are ``ref_claims``) labelled against them, then each segment
     fitted (batched over exams). Returns the segments and the exams' flags and notes."""
@@ -271,7 +281,7 @@ def _label_and_fit(subject: SubjectSpec, points, thresholds, sigma_mm, likely, l
             observed[name][e] = idx
     segments = {seg.name: _fit_segment(seg, models[seg.name], observed[seg.name], points,
                                        ambiguous[seg.name], thresholds, exams, flags,
-                                       sigma_mm, ref_i, model_sigma[seg.name])
+                                       sigma_mm, ref_i, model_sigma[seg.name], cov_mm2)
                 for seg in subject.segments}
     return segments, flags, notes
 
@@ -385,11 +395,11 @@ def _fit_variances(S: SegmentSeries, e: int, ref_i: int, sigma_mm
     return S.reference_xyz_mm[used], var
 
 def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, points, ambiguous,
-                 thresholds, exams, flags, sigma_mm=None, ref_i=0, model_sigma=None
-                 ) -> SegmentSeries:
+                 thresholds, exams, flags, sigma_mm=None, ref_i=0, model_sigma=None,
+                 cov_mm2=None) -> SegmentSeries:
     """Screen and fit one segment in every exam against its marker model ``model`` (M, 3);
     ``model_sigma`` (M,) is the σ of model beads placed from other exams (NaN: measured in the
-    reference exam, whose σ is then the reference exam's own)."""
+    reference exam, whose σ and covariance are then the reference exam's own)."""
     E, M = observed.shape
     placed = np.zeros(M, bool) if model_sigma is None else np.isfinite(model_sigma)
     ok_ref = observed[ref_i] >= 0
@@ -463,8 +473,14 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
             excluded[fittable] = excl
             w = np.where(excl, 0.0, bead_w[fittable])
             w = np.where(np.isfinite(w), w, 0.0)
+            cov = None
+            if cov_mm2 is not None:
+                cov_model, cov_exam = _bead_covariances(observed, cov_mm2, sig, sig_model, placed,
+                                                        ref_i)
+                cov = (cov_model, cov_exam[fittable])
+                w = (w > 0).astype(float)
             try:
-                fit = fit_rigid(x, y, weights=w)
+                fit = fit_rigid(x, y, weights=w, covariance=cov)
             except EstimationError as exc:
                 errors = [str(exc) if f else m for f, m in zip(fittable, errors, strict=True)]
                 fit = None
@@ -493,6 +509,25 @@ def _fit_segment(seg: SegmentSpec, model: np.ndarray, observed: np.ndarray, poin
     return SegmentSeries(seg.name, seg.bead_ids, reference, seg.xyz_mm, observed, xyz, excluded,
                          tuple(reasons), pose, me, cn, n_used, ambiguous, tuple(errors),
                          model_xyz_mm=model.copy())
+
+
+def _bead_covariances(observed: np.ndarray, cov_mm2, sig: np.ndarray, sig_model: np.ndarray,
+                      placed: np.ndarray, ref_i: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (M, 3, 3) covariances of a segment's model beads and the (E, M, 3, 3) ones of its
+    observed beads (:func:`_fit_segment`): each point's own, σ² I where that is not finite
+    (σ: ``sig``, 1 mm without one); a model bead placed from other exams has σ_model² I."""
+    E, M = observed.shape
+    eye = np.eye(3)
+    cov = np.zeros((E, M, 3, 3))
+    for e in range(E):
+        ok = observed[e] >= 0
+        c = np.asarray(cov_mm2[e], float)[observed[e, ok]]
+        fallback = np.where(sig[e, ok] > 0, sig[e, ok], 1.0) ** 2
+        good = np.all(np.isfinite(c), axis=(1, 2))
+        cov[e, ok] = np.where(good[:, None, None], c, fallback[:, None, None] * eye)
+    model = np.where(placed[:, None, None], np.nan_to_num(sig_model)[:, None, None] ** 2 * eye,
+                     cov[ref_i])
+    return model, cov
 
 
 def _mask_motion(motion: Motion, valid: np.ndarray) -> Motion:

@@ -425,3 +425,56 @@ def test_displaced_bead_excluded_with_uncertainties():
     s = analyse_subject(subject, points, [MotionSpec("implant", "bone")], DEFAULT_THRESHOLDS,
                         sigma_mm=[np.full(11, SIGMA)] * 2)
     assert s.segments["implant"].excluded[1].tolist() == [True, False, False, False, False]
+
+
+def test_isotropic_covariances_equal_sigma_weights(scene):
+    """Covariances σ²I per point give the σ-weighted fits exactly (the covariance-weighted fit
+    with isotropic covariances is the isotropic one); a point without a finite covariance falls
+    back to its σ."""
+    subject, points, truth, implant = scene
+    spec = MotionSpec("implant", "bone")
+    rng = np.random.default_rng(3)
+    sigma = [rng.uniform(0.005, 0.05, len(p)) for p in points]
+    cov = [s[:, None, None] ** 2 * np.eye(3) for s in sigma]
+    cov[2][0] = np.nan
+    iso = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS, sigma_mm=sigma)
+    full = analyse_subject(subject, points, [spec], DEFAULT_THRESHOLDS, sigma_mm=sigma,
+                           cov_mm2=cov)
+    a, b = iso.motions["implant/bone"], full.motions["implant/bone"]
+    np.testing.assert_allclose(b.translation_mm, a.translation_mm, atol=1e-10)
+    np.testing.assert_allclose(b.rotation_deg, a.rotation_deg, atol=1e-9)
+    for name in ("implant", "bone"):
+        np.testing.assert_allclose(full.segments[name].me_mm, iso.segments[name].me_mm,
+                                   atol=1e-10)
+
+
+def test_segment_fits_use_model_and_exam_covariances(scene):
+    """Each segment fit is the covariance-weighted fit of its marker model (covariances of the
+    reference exam's points) to the exam's points (theirs), over the beads it uses."""
+    from rsa.rigid import fit_rigid
+
+    subject, points, truth, implant = scene
+    spec = MotionSpec("implant", "bone")
+    rng = np.random.default_rng(5)
+    pts = [p + rng.normal(size=p.shape) * 0.01 for p in points]
+    cov = []
+    for p in pts:          # σ 0.05 mm along a random direction per point, 0.005 mm across
+        Q = Rotation.random(len(p), random_state=rng).as_matrix()
+        cov.append(Q @ np.diag([0.05 ** 2, 0.005 ** 2, 0.005 ** 2]) @ np.swapaxes(Q, 1, 2))
+    sigma = [np.full(len(p), 0.05) for p in pts]
+    iso = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS, sigma_mm=sigma)
+    full = analyse_subject(subject, pts, [spec], DEFAULT_THRESHOLDS, sigma_mm=sigma,
+                           cov_mm2=cov)
+    for name in ("implant", "bone"):
+        S = full.segments[name]
+        obs = S.observed_index
+        for e in range(1, len(pts)):
+            use = (obs[e] >= 0) & ~S.excluded[e] & (obs[0] >= 0)
+            x = S.model_xyz_mm[use]
+            fit = fit_rigid(x, pts[e][obs[e, use]],
+                            covariance=(cov[0][obs[0, use]], cov[e][obs[e, use]]))
+            np.testing.assert_allclose(S.pose.rotation[e], fit.rotation, atol=1e-12)
+            np.testing.assert_allclose(S.pose.translation[e], fit.translation, atol=1e-9)
+    # and the covariances made a difference
+    assert np.abs(full.motions["implant/bone"].translation_mm
+                  - iso.motions["implant/bone"].translation_mm).max() > 1e-4
