@@ -31,10 +31,11 @@ class Correspondence:
     """Paired patient beads of an exam.
 
     ``match`` pairs rows of ``uv_px`` (patient detections of each view, then the beads added by
-    splits); ``sigma_px`` and ``occluded`` per row; ``sigma_mm`` and ``misfit`` per pair
-    (``misfit``: either detection is flagged occluded, came from a split, or has a contrast
-    atypical of the image's beads, :func:`_atypical`); ``n_split`` the detections split on
-    epipolar lines.
+    splits); ``sigma_px`` and ``occluded`` per row; ``sigma_mm``, ``cov_mm2`` and ``misfit``
+    per pair (``cov_mm2``: the first-order covariance of the pair's point from its two
+    detections' σ, :func:`_weighted_points`, NaN where it has none; ``misfit``: either
+    detection is flagged occluded, came from a split, or has a contrast atypical of the image's
+    beads, :func:`_atypical`); ``n_split`` the detections split on epipolar lines.
     """
 
     match: RayMatch
@@ -44,6 +45,7 @@ class Correspondence:
     sigma_mm: np.ndarray
     misfit: np.ndarray
     n_split: int
+    cov_mm2: np.ndarray | None = None
 
     @property
     def pair_sigma_px(self) -> np.ndarray:
@@ -166,12 +168,13 @@ def correspond(images: tuple[np.ndarray, np.ndarray], beads: tuple[Beads2D, Bead
     if n_split:
         m, rays, sig = match()
     m = _with_swaps(m, rays, sig)
-    m = _weighted_points(m, cviews, uv, sig_px)
+    m, cov = _weighted_points(m, cviews, uv, sig_px)
     sigma = _triangulation_sigma(m, cviews, (rays[0][1], rays[1][1]), sig_px, pixel_spacing_mm)
     odd = [np.concatenate([_atypical(d)[k], np.zeros(len(u) - int(k.sum()), bool)])
            for d, k, u in zip(det, masks, uv, strict=True)]      # split beads: not tested
     misfit = (occl[0] | odd[0])[m.pairs[:, 0]] | (occl[1] | odd[1])[m.pairs[:, 1]]
-    return Correspondence(m, tuple(uv), tuple(sig_px), tuple(occl), sigma, misfit, n_split)
+    return Correspondence(m, tuple(uv), tuple(sig_px), tuple(occl), sigma, misfit, n_split,
+                          cov)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -231,15 +234,17 @@ def _with_swaps(m: RayMatch, rays, sig) -> RayMatch:
                     likely=np.concatenate([likely, np.zeros(len(new), bool)])[order])
 
 
-def _weighted_points(m: RayMatch, views, uv, sigma_px) -> RayMatch:
+def _weighted_points(m: RayMatch, views, uv, sigma_px) -> tuple[RayMatch, np.ndarray]:
     """``m`` with each pair's point triangulated from its two detections weighted by their
-    ``sigma_px`` (:func:`rsa.triangulate_ml.triangulate_ml`) instead of the rays' midpoint;
-    the CLE stays that of the rays. Where it gives no point, the midpoint stays."""
+    ``sigma_px`` (:func:`rsa.triangulate_ml.triangulate_ml`) instead of the rays' midpoint,
+    and that point's first-order covariance (M, 3, 3) mm²; the CLE stays that of the rays.
+    Where it gives no point, the midpoint stays, with a NaN covariance."""
     if len(m) == 0:
-        return m
+        return m, np.zeros((0, 3, 3))
     P = np.stack([v.projection_matrix for v in views])
-    pts, _ = triangulate_ml(P, _per_pair(uv, m.pairs), _per_pair(sigma_px, m.pairs))
-    return replace(m, points_mm=np.where(np.isfinite(pts), pts, m.points_mm))
+    pts, cov = triangulate_ml(P, _per_pair(uv, m.pairs), _per_pair(sigma_px, m.pairs))
+    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))      # exactly symmetric (stored as a triangle)
+    return replace(m, points_mm=np.where(np.isfinite(pts), pts, m.points_mm)), cov
 
 
 def _per_pair(rows: tuple[np.ndarray, np.ndarray], pairs: np.ndarray) -> np.ndarray:

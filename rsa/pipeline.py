@@ -58,6 +58,8 @@ class ExamMeasurement:
     misfit: np.ndarray | None = None     # (P,) a detection misfits a bead (flagged occluded)
     sigma_px: np.ndarray | None = None   # (P, 2, 2) centre σ per view (a, b) and axis (u, v), px:
                                          # the weights of the point's triangulation
+    cov_mm2: np.ndarray | None = None    # (P, 3, 3) first-order covariance of each point from
+                                         # sigma_px (mm²; NaN where the triangulation gave none)
 
     def __post_init__(self) -> None:
         n = len(self.cle_mm)   # absent quality arrays: every point clean
@@ -252,15 +254,41 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
     return ExamMeasurement(subject, exam.id, m.points_mm, m.cle_mm, uv_a[m.pairs[:, 0]],
                            uv_b[m.pairs[:, 1]], m.ambiguous, summary, hashes,
                            inputs_key(exam, study, hashes), secs, sigma, m.likely, misfit,
-                           cor.pair_sigma_px)
+                           cor.pair_sigma_px, cor.cov_mm2)
 
 
-def _bead_sigma(m: ExamMeasurement, floor_mm: float = 0.005) -> np.ndarray:
-    """Per-bead 3D uncertainty (mm) for fit weights: the propagated 2D centre uncertainty, the
-    crossing-line error (the observed inconsistency of the bead's two rays, ISO 16087) and a
-    floor for what neither sees (calibration, model error), in quadrature."""
+#: 3D uncertainty (mm) that neither a bead's propagated 2D uncertainty nor its CLE sees
+#: (calibration, model error), added in quadrature to the fit weights' σ and covariance.
+_FLOOR_MM = 0.005
+
+
+def _iso_variance(m: ExamMeasurement) -> np.ndarray:
+    """Per-bead isotropic 3D variance (mm²) besides the propagated 2D uncertainty: the
+    crossing-line error (the observed inconsistency of the bead's two rays, ISO 16087) and the
+    floor."""
+    return _FLOOR_MM ** 2 + np.nan_to_num(m.cle_mm, nan=1.0) ** 2
+
+
+def _bead_sigma(m: ExamMeasurement) -> np.ndarray:
+    """Per-bead 3D uncertainty (mm) for the labelling and screening weights: the propagated 2D
+    centre uncertainty (isotropic, its largest direction), the CLE and the floor in
+    quadrature."""
     prop = np.zeros(len(m.cle_mm)) if m.sigma_mm is None else np.nan_to_num(m.sigma_mm, nan=1.0)
-    return np.sqrt(floor_mm ** 2 + prop ** 2 + np.nan_to_num(m.cle_mm, nan=1.0) ** 2)
+    return np.sqrt(prop ** 2 + _iso_variance(m))
+
+
+def _bead_cov(m: ExamMeasurement) -> np.ndarray:
+    """Per-bead 3D covariance (P, 3, 3) mm² for the segment fits: the first-order covariance of
+    the point from its two centres' σ (anisotropic: a bead seen poorly in one view is uncertain
+    mainly along the other view's ray) plus the CLE and the floor isotropically; where the
+    point has no covariance, the isotropic ``sigma_mm``² instead."""
+    n = len(m.cle_mm)
+    prop = np.zeros(n) if m.sigma_mm is None else np.nan_to_num(m.sigma_mm, nan=1.0)
+    cov = np.full((n, 3, 3), np.nan) if m.cov_mm2 is None else np.asarray(m.cov_mm2, float)
+    good = np.all(np.isfinite(cov), axis=(1, 2))
+    eye = np.eye(3)
+    cov = np.where(good[:, None, None], cov, prop[:, None, None] ** 2 * eye)
+    return cov + _iso_variance(m)[:, None, None] * eye
 
 
 def _cage_ref(study: StudySpec) -> str | Path:
@@ -318,7 +346,8 @@ def analyse_study(manifest: str | Path | StudySpec, out_dir: str | Path, *,
             s, [measurements[f"{s.id}/{e.id}"].points_mm for e in s.exams], study.motions,
             study.thresholds,
             sigma_mm=[_bead_sigma(measurements[f"{s.id}/{e.id}"]) for e in s.exams],
-            likely=[measurements[f"{s.id}/{e.id}"].likely for e in s.exams])
+            likely=[measurements[f"{s.id}/{e.id}"].likely for e in s.exams],
+            cov_mm2=[_bead_cov(measurements[f"{s.id}/{e.id}"]) for e in s.exams])
             for s in study.subjects)
         prec = {m.name: study_precision(series, m) for m in study.motions}
         flags = _write_results(store, study, measurements, series, prec)
@@ -388,6 +417,19 @@ def _sha(path: Path) -> str:
     return file_sha256(path)
 
 
+#: The beads table's covariance columns: the upper triangle of each point's 3×3 covariance.
+_UPPER = np.triu_indices(3)
+_COV_COLUMNS = tuple(f"cov_{'xyz'[i]}{'xyz'[j]}_mm2" for i, j in zip(*_UPPER, strict=True))
+
+
+def _symmetric(upper: np.ndarray) -> np.ndarray:
+    """(P, 3, 3) symmetric matrices from their upper triangles (P, 6) in ``_UPPER`` order."""
+    out = np.empty((len(upper), 3, 3))
+    out[:, _UPPER[0], _UPPER[1]] = upper
+    out[:, _UPPER[1], _UPPER[0]] = upper
+    return out
+
+
 def _measurement_rows(m: ExamMeasurement, *, status: str, exam: ExamSpec | None = None,
                       labels: dict[int, tuple[str, str]] | None = None,
                       flags: list[str] | None = None, notes: list[str] | None = None) -> dict:
@@ -395,16 +437,19 @@ def _measurement_rows(m: ExamMeasurement, *, status: str, exam: ExamSpec | None 
     sig = m.sigma_mm if m.sigma_mm is not None else np.full(len(m.cle_mm), np.nan)
     spx = (m.sigma_px if m.sigma_px is not None else np.full((len(m.cle_mm), 2, 2), np.nan)
            ).reshape(-1, 4)
+    cov = (m.cov_mm2 if m.cov_mm2 is not None else np.full((len(m.cle_mm), 3, 3), np.nan)
+           )[:, _UPPER[0], _UPPER[1]]
     point_status = (np.full(len(m.cle_mm), "candidate") if status == "measured"
                     else bead_status(m, np.fromiter(labels, int, len(labels))))
     beads = [{"segment": labels.get(i, ("", ""))[0], "bead_id": labels.get(i, ("", ""))[1],
               "status": str(st), "x": p[0], "y": p[1], "z": p[2], "cle_mm": c,
               "sigma_mm": sg, "likely": int(lk), "misfit": int(mf), "u_a": ua[0],
               "v_a": ua[1], "u_b": ub[0], "v_b": ub[1], "sigma_u_a_px": sp[0],
-              "sigma_v_a_px": sp[1], "sigma_u_b_px": sp[2], "sigma_v_b_px": sp[3]}
-             for i, (p, c, sg, lk, mf, st, ua, ub, sp) in enumerate(zip(
+              "sigma_v_a_px": sp[1], "sigma_u_b_px": sp[2], "sigma_v_b_px": sp[3],
+              **dict(zip(_COV_COLUMNS, cv, strict=True))}
+             for i, (p, c, sg, lk, mf, st, ua, ub, sp, cv) in enumerate(zip(
                  m.points_mm, m.cle_mm, sig, m.likely, m.misfit, point_status, m.uv_a, m.uv_b,
-                 spx, strict=True))]
+                 spx, cov, strict=True))]
     views = [{"view": v["view"], "method": v["method"], "focus_x": v["focus"][0],
               "focus_y": v["focus"][1], "focus_z": v["focus"][2], "rms_px": v["rms_px"],
               "rms_mm": v["rms_mm"], "n_fiducials": v["n_fiducials"],
@@ -443,7 +488,7 @@ def _measurement_from_store(store, subject, exam_id, hashes, key) -> ExamMeasure
                            summary, hashes, key, {"resumed": 0.0}, col("sigma_mm")[:, 0],
                            col("likely")[:, 0] == 1, col("misfit")[:, 0] == 1,
                            col("sigma_u_a_px", "sigma_v_a_px", "sigma_u_b_px",
-                               "sigma_v_b_px").reshape(-1, 2, 2))
+                               "sigma_v_b_px").reshape(-1, 2, 2), _symmetric(col(*_COV_COLUMNS)))
 
 
 def _write_results(store, study, measurements, series, prec) -> dict[str, list[str]]:

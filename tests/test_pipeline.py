@@ -119,6 +119,12 @@ def test_resume_reuses_stored_exams(analysed):
         assert m.sigma_px.shape == (len(m.cle_mm), 2, 2)
         assert np.all(m.sigma_px > 0)
         np.testing.assert_array_equal(again.measurements[key].sigma_px, m.sigma_px)
+        # each point's covariance (the segment fits' weights): symmetric positive definite,
+        # stored exactly
+        assert m.cov_mm2.shape == (len(m.cle_mm), 3, 3)
+        np.testing.assert_array_equal(m.cov_mm2, np.swapaxes(m.cov_mm2, 1, 2))
+        assert np.all(np.linalg.eigvalsh(m.cov_mm2) > 0)
+        np.testing.assert_array_equal(again.measurements[key].cov_mm2, m.cov_mm2)
     a = result.series[0].motions["implant/tibia"].translation_mm
     b = again.series[0].motions["implant/tibia"].translation_mm
     # stored at full float precision (SQLite REAL) → identical motions

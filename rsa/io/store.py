@@ -13,7 +13,8 @@ Tables
                "rejected" candidate; "candidate" until the series is analysed), x/y/z (mm),
                CLE (mm), propagated 3D uncertainty (mm), whether the CLE is within the rays'
                uncertainty (``likely``) and whether a detection misfits a bead (``misfit``),
-               2D positions per view.
+               2D positions and their σ per view, and the point's covariance from those σ
+               (``cov_*_mm2``, the upper triangle; the segment fits' weights).
 ``fits``       per exam and segment: pose relative to the reference exam (R, t), ME, CN, beads
                used, excluded beads with reasons.
 ``motions``    per exam and motion (segment relative to reference segment): translations,
@@ -39,7 +40,7 @@ from typing import Any
 from rsa.errors import InputError
 from rsa.io.atomic import atomic_write_text
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _TABLES: dict[str, Sequence[tuple[str, str]]] = {
     "exams": (("exam_key", "TEXT PRIMARY KEY"), ("subject", "TEXT"), ("exam_id", "TEXT"),
@@ -57,7 +58,9 @@ _TABLES: dict[str, Sequence[tuple[str, str]]] = {
               ("cle_mm", "REAL"), ("sigma_mm", "REAL"), ("likely", "INTEGER"),
               ("misfit", "INTEGER"), ("u_a", "REAL"), ("v_a", "REAL"),
               ("u_b", "REAL"), ("v_b", "REAL"), ("sigma_u_a_px", "REAL"),
-              ("sigma_v_a_px", "REAL"), ("sigma_u_b_px", "REAL"), ("sigma_v_b_px", "REAL")),
+              ("sigma_v_a_px", "REAL"), ("sigma_u_b_px", "REAL"), ("sigma_v_b_px", "REAL"),
+              ("cov_xx_mm2", "REAL"), ("cov_xy_mm2", "REAL"), ("cov_xz_mm2", "REAL"),
+              ("cov_yy_mm2", "REAL"), ("cov_yz_mm2", "REAL"), ("cov_zz_mm2", "REAL")),
     "fits": (("exam_key", "TEXT"), ("segment", "TEXT"), ("rotation", "TEXT"),
              ("translation", "TEXT"), ("me_mm", "REAL"), ("cn", "REAL"),
              ("n_beads", "INTEGER"), ("n_reference", "INTEGER"), ("excluded", "TEXT")),
