@@ -34,8 +34,11 @@ uncertainty estimates):
    error);
    the beads used are those the pipeline triangulated in that exam (matched to the truth within
    1 mm), so both sides fit the same bead sets; each draw goes through the same labelling,
-   per-segment rigid fits and motions as the pipeline (``rsa.series.analyse_subject``), with
-   bead weights from the CRLB-propagated 3D scatter of each bead (RMS over the draws);
+   per-segment rigid fits and motions as the pipeline (``rsa.series.analyse_subject``): the
+   fits weight each bead by the first-order covariance of its point from the CRLB σ (the ML
+   triangulation's, anisotropic, as the pipeline's fits use the covariance from its own σ:
+   ``rsa.pipeline._bead_cov``), the labelling and screening by the CRLB-propagated 3D scatter
+   of each bead (RMS over the draws);
 4. implied SD = RMS over draws and double exams of the double − partner components (the truth
    is zero), pooled like the observed SD.
 
@@ -49,8 +52,10 @@ Diagnostic (printed, not checked) to split an excess between detection and calib
 pipeline's 2D error of the used beads against the truth (RMS, and RMS of error / CRLB σ), and the
 *2D-only SD*: the pipeline's own detected 2D centres triangulated through the TRUE geometry (with
 the pipeline's own centre σ, ``ExamMeasurement.sigma_px``) and put through the same fits with the
-pipeline's own bead weights (``rsa.pipeline._bead_sigma``) and unlikely pairs (``likely``, as the
-pipeline passes them to ``rsa.series.analyse_subject``) — the observed SD without the calibration
+pipeline's own bead weights (screening σ ``rsa.pipeline._bead_sigma``; fit covariance from that
+triangulation plus the pipeline's CLE and floor, as ``rsa.pipeline._bead_cov``) and unlikely pairs
+(``likely``, as the pipeline passes them to ``rsa.series.analyse_subject``) — the observed SD
+without the calibration
 error, pooled over the same noise draws as the observed SD (with ``--noise-draws K``, all K draws;
 the 2D error statistics are of draw 0). (Until stop 22 it was of draw 0 only, against the observed
 SD of all draws: on the spine phantom draw 0 gave a 2D-only SD of 0.0022 mm in tx against 0.0064 mm
@@ -106,7 +111,7 @@ from _crlb import crlb
 from scipy.spatial import cKDTree
 
 from rsa.errors import RsaWarning
-from rsa.pipeline import _bead_sigma, analyse_study
+from rsa.pipeline import _bead_sigma, _iso_variance, analyse_study
 from rsa.series import COMPONENTS, analyse_subject, double_exam_differences
 from rsa.synthetic import write_study
 from rsa.synthetic.render import RenderOptions
@@ -118,11 +123,11 @@ from rsa.triangulate_ml import triangulate_ml
 NEAR_PX = 60.0
 
 
-def _quiet_subject(subj, pts, study, sig, likely=None):
+def _quiet_subject(subj, pts, study, sig, likely=None, cov=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RsaWarning)
         return analyse_subject(subj, pts, study.motions, study.thresholds, sigma_mm=sig,
-                               likely=likely)
+                               likely=likely, cov_mm2=cov)
 
 
 def implied_pipeline(res, subj, diff, spec, mc, rng):
@@ -173,12 +178,14 @@ def _match_truth(points: np.ndarray, xyz: np.ndarray) -> tuple[np.ndarray, np.nd
 def _det_points(m, te, names, uv_true, j, used):
     """The pipeline's own 2D centres (``m``, an ExamMeasurement; row ``j`` per true bead) of the
     true beads ``used`` (true projections ``uv_true`` per view), triangulated through the TRUE
-    geometry with the pipeline's own centre σ: the 3D points, the pipeline's fit weights and
-    unlikely-pair flags of those beads, and per view the 2D errors."""
+    geometry with the pipeline's own centre σ: the 3D points, the pipeline's screening σ, fit
+    covariances (that triangulation's, plus the pipeline's CLE and floor:
+    ``rsa.pipeline._bead_cov``) and unlikely-pair flags of those beads, and per view the 2D
+    errors."""
     det_uv = {m.views[0]["view"]: m.uv_a, m.views[1]["view"]: m.uv_b}
     own_sd = {m.views[0]["view"]: m.sigma_px[:, 0], m.views[1]["view"]: m.sigma_px[:, 1]}
     if not used.any():
-        return (np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool),
+        return (np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3, 3)), np.zeros(0, bool),
                 [np.zeros((0, 2)) for _ in names])
     uvs, sds, errs = [], [], []
     for n in names:
@@ -187,7 +194,9 @@ def _det_points(m, te, names, uv_true, j, used):
         uvs.append(uv_d[None])
         sds.append(own_sd[n][j[used]])
     P = [np.asarray(te["views"][n]["projection_matrix"], float) for n in names]
-    return _ml_points(P, uvs, sds)[0], _bead_sigma(m)[j[used]], m.likely[j[used]], errs
+    pts, cov = _ml_points(P, uvs, sds)
+    cov = cov[0] + _iso_variance(m)[j[used], None, None] * np.eye(3)
+    return pts[0], _bead_sigma(m)[j[used]], cov, m.likely[j[used]], errs
 
 
 def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
@@ -200,9 +209,10 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
     seg_names = [s.name for s in scene.segments]
     t_by_id = {e["id"]: e for e in truth["exams"]}
     s_by_id = {e.id: e for e in scene.exams}
-    pts_draws, sig3 = [], []
-    det_pts, det_sig, det_likely = ([[] for _ in range(1 + len(others))] for _ in range(3))
-    pts_draws_n, sig3_n = [], []
+    pts_draws, cov_draws, sig3 = [], [], []
+    det_pts, det_sig, det_cov, det_likely = ([[] for _ in range(1 + len(others))]
+                                             for _ in range(4))
+    pts_draws_n, cov_draws_n, sig3_n = [], [], []
     for e in subj.exams:
         te, se = t_by_id[e.id], s_by_id[e.id]
         xyz = np.concatenate([np.asarray(te["segments"][n]["xyz_mm"]) for n in seg_names])
@@ -239,9 +249,10 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
             m_k = r_k.measurements[f"{subj.id}/{e.id}"]
             j_k, used_k = (j, used) if k_res == 0 else _match_truth(m_k.points_mm, xyz)
             used_k = used_k & finite
-            dp, ds, dl, errs = _det_points(m_k, te, names, uv_true, j_k, used_k)
+            dp, ds, dc, dl, errs = _det_points(m_k, te, names, uv_true, j_k, used_k)
             det_pts[k_res].append(dp)
             det_sig[k_res].append(ds)
+            det_cov[k_res].append(dc)
             det_likely[k_res].append(dl)
             if k_res == 0:   # diagnostic: 2D errors of draw 0's used beads against the bound
                 for n, err in zip(names, errs, strict=True):
@@ -257,37 +268,42 @@ def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):
             uvs_n.append(uv_t + z * bn)
             sd_n.append(bn)
         P = [np.asarray(te["views"][n]["projection_matrix"], float) for n in names]
-        p = _ml_points(P, uvs, sd)                              # (mc, K, 3)
+        p, c = _ml_points(P, uvs, sd)                           # (mc, K, 3), (mc, K, 3, 3)
         pts_draws.append(p)
-        pn = _ml_points(P, uvs_n, sd_n)
+        cov_draws.append(c)
+        pn, cn = _ml_points(P, uvs_n, sd_n)
         pts_draws_n.append(pn)
+        cov_draws_n.append(cn)
         sig3_n.append(np.sqrt(np.mean(np.sum((pn - xyz[used]) ** 2, -1), 0)))
         sig3.append(np.sqrt(np.mean(np.sum((p - xyz[used]) ** 2, -1), 0)))
         stats["sigma_3d"].append(sig3[-1])
     out, out_n = [], []
     for k in range(mc):
-        sim = _quiet_subject(subj, [p[k] for p in pts_draws], res.study, sig3)
+        sim = _quiet_subject(subj, [p[k] for p in pts_draws], res.study, sig3,
+                             cov=[c[k] for c in cov_draws])
         sim_diff = double_exam_differences(sim, spec)[0]
         if len(sim_diff):
             out.append(sim_diff)
-        sim = _quiet_subject(subj, [p[k] for p in pts_draws_n], res.study, sig3_n)
+        sim = _quiet_subject(subj, [p[k] for p in pts_draws_n], res.study, sig3_n,
+                             cov=[c[k] for c in cov_draws_n])
         sim_diff = double_exam_differences(sim, spec)[0]
         if len(sim_diff):
             out_n.append(sim_diff)
     stats["implied_n"] += out_n
-    det = [double_exam_differences(_quiet_subject(subj, p, res.study, s, lk), spec)[0]
-           for p, s, lk in zip(det_pts, det_sig, det_likely, strict=True)]
+    det = [double_exam_differences(_quiet_subject(subj, p, res.study, s, lk, c), spec)[0]
+           for p, s, c, lk in zip(det_pts, det_sig, det_cov, det_likely, strict=True)]
     return out, det
 
 
 def _ml_points(P, uvs, sigmas):
     """Points (mc, K, 3) of draws ``uvs`` (per view (mc, K, 2), σ ``sigmas`` per view (K, 2))
     through the views' camera matrices ``P``, by the σ-weighted reprojection the pipeline uses
-    (:func:`rsa.triangulate_ml.triangulate_ml`): the maximum-likelihood point of the draws."""
+    (:func:`rsa.triangulate_ml.triangulate_ml`): the maximum-likelihood point of the draws, and
+    its first-order covariance (mc, K, 3, 3) from ``sigmas``."""
     uv = np.stack(uvs, axis=-2)                                   # (mc, K, V, 2)
     sd = np.broadcast_to(np.stack(sigmas, axis=-2), uv.shape)
-    pts, _ = triangulate_ml(np.stack(P), uv.reshape(-1, len(P), 2), sd.reshape(-1, len(P), 2))
-    return pts.reshape(*uv.shape[:2], 3)
+    pts, cov = triangulate_ml(np.stack(P), uv.reshape(-1, len(P), 2), sd.reshape(-1, len(P), 2))
+    return pts.reshape(*uv.shape[:2], 3), cov.reshape(*uv.shape[:2], 3, 3)
 
 
 def _rms(x):
