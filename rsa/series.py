@@ -8,7 +8,8 @@ own beyond book-keeping:
 2. every exam: beads labelled against each segment's reference marker model
    (:func:`rsa.match.label_beads`), one observed bead per model bead;
 3. per segment, batched over exams: unstable-bead screening (:func:`rsa.rigid.screen_unstable`),
-   rigid fit (:func:`rsa.rigid.fit_rigid`), ME and CN (:func:`rsa.rigid.condition_number`);
+   rigid fit (:func:`rsa.rigid.fit_rigid`; weighted by each bead's σ, or by its full 3D
+   covariance when ``cov_mm2`` is given), ME and CN (:func:`rsa.rigid.condition_number`);
    beads the reference exam missed (hidden or overlapping in one view) are then placed in the
    marker model from the exams that see them (:func:`_complete_models`) and steps 2–3 repeat;
 4. per motion, batched over exams: :func:`rsa.motion.relative_motion` (T_B⁻¹ T_S);
