@@ -209,8 +209,9 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None,
         rᵢ = R xᵢ + t − yᵢ and Sᵢ = R Σxᵢ Rᵀ + Σyᵢ: each residual weighted by its own
         covariance, so a bead uncertain in one direction only (e.g. well seen in one view,
         poorly in the other) still fixes the other two. Solved by Gauss–Newton from the
-        isotropic fit with weights wᵢ / tr Sᵢ (``rsa._rigid_cov``). With Σxᵢ + Σyᵢ = sᵢ² I it
-        is the isotropic fit with weights wᵢ / sᵢ².
+        isotropic fit with weights wᵢ / (tr(Σxᵢ + Σyᵢ) / 3) (``rsa._rigid_cov``). With
+        Σxᵢ + Σyᵢ = sᵢ² I it is the isotropic fit with weights wᵢ / sᵢ². ME stays the mean
+        residual length.
 
     Returns
     -------
