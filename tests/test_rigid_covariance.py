@@ -104,7 +104,8 @@ def test_missing_and_zero_weight_beads_are_left_out(rng):
     ref = fit_rigid(x[keep], y[keep], covariance=(0 * cov[keep], cov[keep]))
     np.testing.assert_allclose(got.rotation, ref.rotation, atol=1e-12)
     np.testing.assert_allclose(got.translation, ref.translation, atol=1e-10)
-    assert got.n_used == len(keep) and np.isnan(got.residuals_mm[2])
+    assert got.n_used == len(keep)
+    assert np.isnan(got.residuals_mm[2])
 
 
 def test_batched_equals_one_by_one(rng):
@@ -120,7 +121,7 @@ def test_batched_equals_one_by_one(rng):
         np.testing.assert_allclose(batch.translation[b], one.translation, atol=1e-10)
 
 
-@pytest.mark.parametrize("cov, match", [
+@pytest.mark.parametrize(("cov", "match"), [
     ("pair", "pair"),
     ((np.eye(3), np.ones((2, 2))), "broadcasting to"),
     ((np.zeros((3, 3)), np.full((3, 3), np.nan)), "finite"),

@@ -431,7 +431,7 @@ def test_isotropic_covariances_equal_sigma_weights(scene):
     """Covariances σ²I per point give the σ-weighted fits exactly (the covariance-weighted fit
     with isotropic covariances is the isotropic one); a point without a finite covariance falls
     back to its σ."""
-    subject, points, truth, implant = scene
+    subject, points, _, _ = scene
     spec = MotionSpec("implant", "bone")
     rng = np.random.default_rng(3)
     sigma = [rng.uniform(0.005, 0.05, len(p)) for p in points]
@@ -453,7 +453,7 @@ def test_segment_fits_use_model_and_exam_covariances(scene):
     reference exam's points) to the exam's points (theirs), over the beads it uses."""
     from rsa.rigid import fit_rigid
 
-    subject, points, truth, implant = scene
+    subject, points, _, _ = scene
     spec = MotionSpec("implant", "bone")
     rng = np.random.default_rng(5)
     pts = [p + rng.normal(size=p.shape) * 0.01 for p in points]
