@@ -280,15 +280,12 @@ def _bead_sigma(m: ExamMeasurement) -> np.ndarray:
 def _bead_cov(m: ExamMeasurement) -> np.ndarray:
     """Per-bead 3D covariance (P, 3, 3) mm² for the segment fits: the first-order covariance of
     the point from its two centres' σ (anisotropic: a bead seen poorly in one view is uncertain
-    mainly along the other view's ray) plus the CLE and the floor isotropically; where the
-    point has no covariance, the isotropic ``sigma_mm``² instead."""
-    n = len(m.cle_mm)
-    prop = np.zeros(n) if m.sigma_mm is None else np.nan_to_num(m.sigma_mm, nan=1.0)
-    cov = np.full((n, 3, 3), np.nan) if m.cov_mm2 is None else np.asarray(m.cov_mm2, float)
-    good = np.all(np.isfinite(cov), axis=(1, 2))
-    eye = np.eye(3)
-    cov = np.where(good[:, None, None], cov, prop[:, None, None] ** 2 * eye)
-    return cov + _iso_variance(m)[:, None, None] * eye
+    mainly along the other view's ray) plus the CLE and the floor isotropically. NaN where the
+    point has no covariance: :func:`rsa.series.analyse_subject` then weights it by
+    :func:`_bead_sigma` isotropically."""
+    cov = (np.full((len(m.cle_mm), 3, 3), np.nan) if m.cov_mm2 is None
+           else np.asarray(m.cov_mm2, float))
+    return cov + _iso_variance(m)[:, None, None] * np.eye(3)
 
 
 def _cage_ref(study: StudySpec) -> str | Path:

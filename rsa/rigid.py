@@ -113,17 +113,16 @@ def _prepare_weights(weights: ArrayLike | None, shape: tuple[int, ...]) -> np.nd
     return w
 
 
-def _prepare_covariance(covariance, shape: tuple[int, ...], finite: np.ndarray, w: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Σx, Σy broadcast to (..., N, 3, 3), checked where a bead is used (finite, w > 0), and
-    zero elsewhere; the weights with missing beads set to 0."""
+def _prepare_covariance(covariance, shape: tuple[int, ...], use: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Σx, Σy broadcast to (..., N, 3, 3), checked where a bead is used (``use``: finite,
+    w > 0), and zero elsewhere."""
     try:
         cov_x, cov_y = covariance
     except (TypeError, ValueError):
         raise ShapeError("Expected `covariance` to be a pair (Σx, Σy) of (..., N, 3, 3) "
                          "arrays.") from None
     out = []
-    use = finite & (w > 0)
     for name, c in (("Σx", cov_x), ("Σy", cov_y)):
         try:
             c = np.broadcast_to(np.asarray(c, dtype=np.float64), (*shape, 3, 3))
@@ -145,7 +144,7 @@ def _prepare_covariance(covariance, shape: tuple[int, ...], finite: np.ndarray, 
     if np.any(np.linalg.eigvalsh(total)[..., 0] <= 0):
         raise ShapeError("Expected `covariance` Σx + Σy to be positive definite for every bead "
                          "used.")
-    return out[0], out[1], np.where(finite, w, 0.0)
+    return out[0], out[1]
 
 
 def _broadcast_pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -245,9 +244,9 @@ def fit_rigid(x: ArrayLike, y: ArrayLike, *, weights: ArrayLike | None = None,
         return _fit_all_valid(x, y, batch, n)  # common case: no missing beads, unit weights
     w = _prepare_weights(weights, (*batch, n))
     finite = np.isfinite(x).all(axis=-1) & np.isfinite(y).all(axis=-1)
-    if covariance is not None:
-        cov_x, cov_y, w = _prepare_covariance(covariance, (*batch, n), finite, w)
     used = finite & (w > 0)
+    if covariance is not None:
+        cov_x, cov_y = _prepare_covariance(covariance, (*batch, n), used)
     w = np.where(used, w, 0.0)
     x0 = np.where(finite[..., None], x, 0.0)
     y0 = np.where(finite[..., None], y, 0.0)
