@@ -340,6 +340,17 @@ def _second_start(e: FitResult, start: np.ndarray, plain: np.ndarray, earlier: n
     return _scatter(e, j[better], e2, better), start
 
 
+def over_blurred(p: np.ndarray, typical: tuple[float, float]) -> np.ndarray:
+    """Fits ``p`` (N, ≥ NPAR) blurred more than half again as much as the image's typical bead
+    (``typical`` = (log blur, radius) of its clean beads), with finite parameters.
+
+    Beads of one image share one blur (focal spot and detector); a fit that needs much more has
+    taken structure next to the bead into its shape: an edge through the bead, or a second
+    minimum of a step fit (:func:`_shape_restart`).
+    """
+    return (p[:, ILS] > typical[0] + np.log(1.5)) & np.isfinite(p).all(1)
+
+
 def _shape_restart(e: FitResult, start: np.ndarray, typical: tuple[float, float],
                    data: np.ndarray, w: np.ndarray, pu: np.ndarray, pv: np.ndarray,
                    setup: FitSetup, rho: np.ndarray, fixed: tuple[int, ...], iterations: int,
@@ -355,9 +366,7 @@ def _shape_restart(e: FitResult, start: np.ndarray, typical: tuple[float, float]
     (seeds 0–9), 32 of 34 such fits were replaced, with 0.23–0.96 of the misfit and a radius
     of 3.7–5.5 px instead of 2.4–2.8 (true radii 4.2–4.6 px).
     """
-    collapsed = ((e.params[:, ILS] > typical[0] + np.log(1.5))
-                 & (mean_radius(e.params) < 0.75 * typical[1])
-                 & np.isfinite(e.params).all(1))
+    collapsed = over_blurred(e.params, typical) & (mean_radius(e.params) < 0.75 * typical[1])
     j = np.flatnonzero(collapsed)
     if not j.size:
         return e

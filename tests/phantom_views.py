@@ -8,14 +8,14 @@ from rsa.synthetic.study import render_exam_view
 
 
 def phantom_view(variant: str, seed: int, exam_id: str, view_name: str,
-                 setup: str = "uniplanar"):
+                 setup: str = "uniplanar", noise_draw: int = 0):
     """The scene, the view's geometry, the rendered view (``rsa.synthetic.write_study``'s
-    image and truth for that seed) and the patient beads' true projections by name
+    image and truth for that seed and noise draw) and the patient beads' true projections by name
     (``"L5-05"``: segment name and 1-based bead number)."""
     scene = build_scene(variant, setup=setup, seed=seed)
     i, exam = next((i, e) for i, e in enumerate(scene.exams) if e.id == exam_id)
     j, view = next((j, v) for j, v in enumerate(exam.views) if v.name == view_name)
-    rv = render_exam_view(scene, i, j, seed=seed)
+    rv = render_exam_view(scene, i, j, seed=seed, noise_draw=noise_draw)
     names = [f"{s.name}-{k + 1:02d}" for s in scene.segments for k in range(len(s.diameter_mm))]
     n_cage = len(scene.cage.xyz_mm)
     beads = dict(zip(names, rv.uv_px[n_cage:n_cage + len(names)], strict=True))
