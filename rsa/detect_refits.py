@@ -340,15 +340,20 @@ def _second_start(e: FitResult, start: np.ndarray, plain: np.ndarray, earlier: n
     return _scatter(e, j[better], e2, better), start
 
 
-def over_blurred(p: np.ndarray, typical: tuple[float, float]) -> np.ndarray:
-    """Fits ``p`` (N, ≥ NPAR) blurred more than half again as much as the image's typical bead
-    (``typical`` = (log blur, radius) of its clean beads), with finite parameters.
+def traded_radius_for_blur(p: np.ndarray, typical: tuple[float, float],
+                           radius_frac: float = 1.0) -> np.ndarray:
+    """Fits ``p`` (N, ≥ NPAR) that traded radius for blur: blurred more than half again as much
+    as the image's typical bead (``typical`` = (log blur, radius) of its clean beads) and
+    smaller than ``radius_frac`` × its radius, with finite parameters.
 
-    Beads of one image share one blur (focal spot and detector); a fit that needs much more has
-    taken structure next to the bead into its shape: an edge through the bead, or a second
-    minimum of a step fit (:func:`_shape_restart`).
+    Beads of one image share the detector blur, and the geometric magnification scales a bead's
+    radius and its focal-spot penumbra together (cage control markers near the tubes: both
+    larger). A fit that is blurrier than that and not larger has taken structure next to the
+    bead into its shape: an edge through the bead, or a second minimum of a step fit
+    (:func:`_shape_restart`).
     """
-    return (p[:, ILS] > typical[0] + np.log(1.5)) & np.isfinite(p).all(1)
+    return ((p[:, ILS] > typical[0] + np.log(1.5)) & (mean_radius(p) < radius_frac * typical[1])
+            & np.isfinite(p).all(1))
 
 
 def _shape_restart(e: FitResult, start: np.ndarray, typical: tuple[float, float],
@@ -366,7 +371,7 @@ def _shape_restart(e: FitResult, start: np.ndarray, typical: tuple[float, float]
     (seeds 0–9), 32 of 34 such fits were replaced, with 0.23–0.96 of the misfit and a radius
     of 3.7–5.5 px instead of 2.4–2.8 (true radii 4.2–4.6 px).
     """
-    collapsed = over_blurred(e.params, typical) & (mean_radius(e.params) < 0.75 * typical[1])
+    collapsed = traded_radius_for_blur(e.params, typical, 0.75)
     j = np.flatnonzero(collapsed)
     if not j.size:
         return e

@@ -24,8 +24,8 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    blur, from the noise itself), scaled per bead by its reduced χ² and the misfit around it,
    plus a model-error floor; correction of the shift that the detector blur causes on a
    background gradient (log display);
-7. beads with structure next to them (flagged, blurred half again as much as the image's typical
-   bead, or screened by a cheap linear fit) are refitted with a blurred straight step in the
+7. beads with structure next to them (flagged; blurrier and smaller than the image's typical
+   bead; or screened by a cheap linear fit) are refitted with a blurred straight step in the
    background, then with its edge let curve, each kept where χ² drops by more than noise
    could; beads with misfit on their disc away from structure are tried as two overlapping
    beads (joint fit, same kind of test) — both in :mod:`rsa.detect_refits`;
@@ -80,11 +80,11 @@ from rsa.detect_refits import (
     edge_refit,
     edge_rescue,
     mean_radius,
-    over_blurred,
     peak_contrast,
     split_merged,
     structure,
     taper,
+    traded_radius_for_blur,
 )
 
 
@@ -439,12 +439,14 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     clean = ~near_edge & ~rescued & (r.params[:, IA] > 0)
     typical = ((float(np.median(r.params[clean, ILS])),
                 float(np.median(mean_radius(r.params[clean])))) if clean.sum() >= 3 else None)
-    # a plain fit blurred half again as much as the image's typical bead has taken structure
-    # into its shape that the tests above can miss: an edge through the bead, seen on neither
-    # side of it (uniplanar spine phantom seed 0, REF view A, noise draw 1: L4-07 unflagged,
-    # its linear screen at 0.15 of its threshold, blur 2.4× typical, 0.48 px off; its step fit
-    # 0.04 px: tests/test_detect_blurred_edge.py). Such fits are refitted with the step too
-    step_try = near_edge if typical is None else near_edge | over_blurred(r.params, typical)
+    # a plain fit blurrier (half again) and smaller than the image's typical bead has taken
+    # structure into its shape that the tests above can miss: an edge through the bead, seen on
+    # neither side of it (uniplanar spine phantom seed 0, REF view A, noise draw 1: L4-07
+    # unflagged, its linear screen at 0.15 of its threshold, blur 2.4× and radius 0.79× the
+    # typical, 0.48 px off; its step fit 0.04 px: tests/test_detect_blurred_edge.py). Such fits
+    # are refitted with the step too
+    step_try = (near_edge if typical is None
+                else near_edge | traded_radius_for_blur(r.params, typical))
     r = edge_refit(r, data, inside, w, pu, pv, setup, rho, step_try, fx, opts.iterations,
                    rescued, box_px=float(setup.half), earlier=p, typical=typical)
     if rescued.any():

@@ -11,7 +11,8 @@ limits, and the cheap linear screen (the step at the structure tensor's directio
 0.15–0.75 of its threshold. The step fit, when tried, lowers χ² far beyond noise (95 against
 the 18.5 of the test) and puts the centre within 0.04 px. Such a bead's σ (0.12–0.16 px) left
 the error at 3–4σ. A plain fit blurred more than half again as much as the image's typical bead
-is now also refitted with the step (``rsa.detect_refits.over_blurred``).
+and smaller than it is now also refitted with the step
+(``rsa.detect_refits.traded_radius_for_blur``).
 
 The bound is 0.1 px: the Cramér–Rao bound of this bead's centre is 0.018 px (u) and 0.013 px
 (v) (benchmarks/_crlb.py); the failure was 4× beyond it. The bead must also be flagged near an
