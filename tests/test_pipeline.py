@@ -19,11 +19,13 @@ from rsa.io.manifest import load_manifest
 from rsa.io.store import ResultStore
 from rsa.pipeline import (
     ExamMeasurement,
+    _bead_sigma,
     _read_and_split,
     analyse_study,
     bead_status,
     measure_exam,
 )
+from rsa.series import analyse_subject
 from rsa.synthetic import write_study
 
 SMALL = {"detector_px": 1500, "pixel_spacing_mm": 0.286}
@@ -129,6 +131,31 @@ def test_resume_reuses_stored_exams(analysed):
     b = again.series[0].motions["implant/tibia"].translation_mm
     # stored at full float precision (SQLite REAL) → identical motions
     np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_segment_fits_weight_each_bead_by_its_points_covariance(analysed):
+    """The study's segment fits are those of its points weighted by their own triangulation
+    covariance and nothing else (``rsa.pipeline._bead_cov``): an isotropic term added to every
+    bead (CLE² + floor², the weights of earlier versions) changes the fitted poses."""
+    _, _, result = analysed
+    spec, subj = result.study, result.study.subjects[0]
+    meas = [result.measurements[f"{subj.id}/{e.id}"] for e in subj.exams]
+    sig = [_bead_sigma(m) for m in meas]
+
+    def fitted(extra_mm2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RsaWarning)
+            s = analyse_subject(subj, [m.points_mm for m in meas], spec.motions, spec.thresholds,
+                                sigma_mm=sig, likely=[m.likely for m in meas],
+                                cov_mm2=[m.cov_mm2 + e[:, None, None] * np.eye(3)
+                                         for m, e in zip(meas, extra_mm2, strict=True)])
+        return s.motions["implant/tibia"].translation_mm
+
+    own = fitted([np.zeros(len(m.cle_mm)) for m in meas])
+    np.testing.assert_allclose(result.series[0].motions["implant/tibia"].translation_mm, own,
+                               rtol=0, atol=1e-12)
+    older = fitted([0.005 ** 2 + m.cle_mm ** 2 for m in meas])
+    assert np.nanmax(np.abs(older - own)) > 1e-6
 
 
 def test_where_the_views_are_detected_does_not_change_the_measurement(analysed):
