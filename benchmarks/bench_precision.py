@@ -53,7 +53,7 @@ pipeline's 2D error of the used beads against the truth (RMS, and RMS of error /
 *2D-only SD*: the pipeline's own detected 2D centres triangulated through the TRUE geometry (with
 the pipeline's own centre σ, ``ExamMeasurement.sigma_px``) and put through the same fits with the
 pipeline's own bead weights (screening σ ``rsa.pipeline._bead_sigma``; fit covariance from that
-triangulation, as ``rsa.pipeline._bead_cov``) and unlikely pairs
+triangulation plus the CLE² of an unlikely pair, as ``rsa.pipeline._bead_cov``) and unlikely pairs
 (``likely``, as the pipeline passes them to ``rsa.series.analyse_subject``) — the observed SD
 without the calibration
 error, pooled over the same noise draws as the observed SD (with ``--noise-draws K``, all K draws;
@@ -111,7 +111,7 @@ from _crlb import crlb
 from scipy.spatial import cKDTree
 
 from rsa.errors import RsaWarning
-from rsa.pipeline import _bead_sigma, analyse_study
+from rsa.pipeline import _bead_sigma, _unlikely_variance, analyse_study
 from rsa.series import COMPONENTS, analyse_subject, double_exam_differences
 from rsa.synthetic import write_study
 from rsa.synthetic.render import RenderOptions
@@ -179,8 +179,9 @@ def _det_points(m, te, names, uv_true, j, used):
     """The pipeline's own 2D centres (``m``, an ExamMeasurement; row ``j`` per true bead) of the
     true beads ``used`` (true projections ``uv_true`` per view), triangulated through the TRUE
     geometry with the pipeline's own centre σ: the 3D points, the pipeline's screening σ, fit
-    covariances (that triangulation's, as ``rsa.pipeline._bead_cov``) and unlikely-pair flags
-    of those beads, and per view the 2D errors."""
+    covariances (that triangulation's, plus the CLE² of an unlikely pair, as
+    ``rsa.pipeline._bead_cov``) and unlikely-pair flags of those beads, and per view the 2D
+    errors."""
     det_uv = {m.views[0]["view"]: m.uv_a, m.views[1]["view"]: m.uv_b}
     own_sd = {m.views[0]["view"]: m.sigma_px[:, 0], m.views[1]["view"]: m.sigma_px[:, 1]}
     if not used.any():
@@ -194,7 +195,8 @@ def _det_points(m, te, names, uv_true, j, used):
         sds.append(own_sd[n][j[used]])
     P = [np.asarray(te["views"][n]["projection_matrix"], float) for n in names]
     pts, cov = _ml_points(P, uvs, sds)
-    return pts[0], _bead_sigma(m)[j[used]], cov[0], m.likely[j[used]], errs
+    cov = cov[0] + _unlikely_variance(m)[j[used], None, None] * np.eye(3)
+    return pts[0], _bead_sigma(m)[j[used]], cov, m.likely[j[used]], errs
 
 
 def implied_crlb(study_dir, res, subj, spec, mc, rng, args, stats, others=()):

@@ -277,22 +277,31 @@ def _bead_sigma(m: ExamMeasurement) -> np.ndarray:
     return np.sqrt(prop ** 2 + _iso_variance(m))
 
 
+def _unlikely_variance(m: ExamMeasurement) -> np.ndarray:
+    """Per-bead isotropic 3D variance (mm²) that the segment fits add to a point's covariance:
+    the CLE² of a point whose two rays cross beyond their uncertainty (not ``likely``: its
+    covariance is not to be trusted), 0 for every other point."""
+    return np.where(np.asarray(m.likely, bool), 0.0, np.nan_to_num(m.cle_mm, nan=1.0) ** 2)
+
+
 def _bead_cov(m: ExamMeasurement) -> np.ndarray:
     """Per-bead 3D covariance (P, 3, 3) mm² for the segment fits: the first-order covariance of
     the point from its two centres' σ (anisotropic: a bead seen poorly in one view is uncertain
-    mainly along the other view's ray). NaN where the point has no covariance:
-    :func:`rsa.series.analyse_subject` then weights it by :func:`_bead_sigma` isotropically.
+    mainly along the other view's ray), plus :func:`_unlikely_variance` isotropically. NaN
+    where the point has no covariance: :func:`rsa.series.analyse_subject` then weights it by
+    :func:`_bead_sigma` isotropically.
 
-    Nothing is added isotropically. The centres' σ already hold the detector's model error
-    (``DetectOptions.model_error_px``) and misfit; the CLE is one draw of the same centre noise
-    that the covariance describes (a pair beyond it is flagged unlikely and screened); a
-    calibration error is shared by the beads of a view, not independent per bead. Adding
-    (CLE² + floor²) I, as earlier versions did, made the weights of the well-measured beads
-    nearly equal and isotropic and discarded the anisotropy: on the spine studies of
-    ``benchmarks/bench_precision.py --variant spine --seeds 6 --noise-draws 6`` the double-exam
-    SDs were 8–13 % larger in every component."""
-    return (np.full((len(m.cle_mm), 3, 3), np.nan) if m.cov_mm2 is None
-            else np.asarray(m.cov_mm2, float))
+    Nothing else is added. The centres' σ already hold the detector's model error
+    (``DetectOptions.model_error_px``) and misfit; the CLE of a likely pair is one draw of the
+    same centre noise that the covariance describes; a calibration error is shared by the beads
+    of a view, not independent per bead. Adding (CLE² + floor²) I to every bead, as earlier
+    versions did, made the weights of the well-measured beads nearly equal and isotropic and
+    discarded the anisotropy: on the spine studies of ``benchmarks/bench_precision.py --variant
+    spine --seeds 6 --noise-draws 6`` the double-exam SDs were 7–16 % larger in every
+    component."""
+    cov = (np.full((len(m.cle_mm), 3, 3), np.nan) if m.cov_mm2 is None
+           else np.asarray(m.cov_mm2, float))
+    return cov + _unlikely_variance(m)[:, None, None] * np.eye(3)
 
 
 def _cage_ref(study: StudySpec) -> str | Path:

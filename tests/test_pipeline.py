@@ -135,8 +135,9 @@ def test_resume_reuses_stored_exams(analysed):
 
 def test_segment_fits_weight_each_bead_by_its_points_covariance(analysed):
     """The study's segment fits are those of its points weighted by their own triangulation
-    covariance and nothing else (``rsa.pipeline._bead_cov``): an isotropic term added to every
-    bead (CLE² + floor², the weights of earlier versions) changes the fitted poses."""
+    covariance, plus the CLE² of an unlikely pair only (``rsa.pipeline._bead_cov``): an
+    isotropic term added to every bead (CLE² + floor², the weights of earlier versions) changes
+    the fitted poses."""
     _, _, result = analysed
     spec, subj = result.study, result.study.subjects[0]
     meas = [result.measurements[f"{subj.id}/{e.id}"] for e in subj.exams]
@@ -151,7 +152,7 @@ def test_segment_fits_weight_each_bead_by_its_points_covariance(analysed):
                                          for m, e in zip(meas, extra_mm2, strict=True)])
         return s.motions["implant/tibia"].translation_mm
 
-    own = fitted([np.zeros(len(m.cle_mm)) for m in meas])
+    own = fitted([np.where(m.likely, 0.0, m.cle_mm ** 2) for m in meas])
     np.testing.assert_allclose(result.series[0].motions["implant/tibia"].translation_mm, own,
                                rtol=0, atol=1e-12)
     older = fitted([0.005 ** 2 + m.cle_mm ** 2 for m in meas])
