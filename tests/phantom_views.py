@@ -22,6 +22,14 @@ def phantom_view(variant: str, seed: int, exam_id: str, view_name: str,
     return scene, view, rv, beads
 
 
+def assert_visible(rv, bead) -> None:
+    """The sphere of the rendered view ``rv`` whose true projection is nearest ``bead`` (px) is
+    neither hidden (behind the implants) nor clipped at the image border."""
+    k = int(np.argmin(np.linalg.norm(rv.uv_px - bead, axis=1)))
+    assert not rv.hidden[k]
+    assert not rv.clipped[k]
+
+
 def assert_found(found, bead, max_px: float = 0.5, n_sigma: float = 3.0) -> None:
     """The detection nearest the true projection ``bead`` (px) of the detections ``found``
     (:class:`rsa.detect.Beads2D`) lies within ``max_px`` of it and within ``n_sigma`` of its

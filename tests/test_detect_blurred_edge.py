@@ -21,7 +21,7 @@ edge, since its step was kept.
 
 import numpy as np
 import pytest
-from phantom_views import phantom_view
+from phantom_views import assert_visible, nearest_detections, phantom_view
 
 from rsa.detect import detect_beads
 
@@ -37,14 +37,11 @@ def edge_bead(request):
 
 def test_scene_bead_is_visible(edge_bead):
     rv, bead, _ = edge_bead
-    k = int(np.argmin(np.linalg.norm(rv.uv_px - bead, axis=1)))
-    assert not rv.hidden[k]
-    assert not rv.clipped[k]
+    assert_visible(rv, bead)
 
 
 def test_bead_on_screw_edge_is_refitted_with_the_step(edge_bead):
     _, bead, found = edge_bead
-    k = int(np.argmin(np.linalg.norm(found.uv_px - bead, axis=1)))
-    err = found.uv_px[k] - bead
+    _, k, err = nearest_detections(found, bead[None])
     assert np.all(np.abs(err) < 0.1), err
-    assert found.near_edge[k]
+    assert found.near_edge[k[0]]

@@ -16,7 +16,7 @@ outcome is asserted.
 
 import numpy as np
 import pytest
-from phantom_views import assert_found, phantom_view
+from phantom_views import assert_found, assert_visible, phantom_view
 
 from rsa.detect import detect_beads
 
@@ -30,9 +30,7 @@ def metal_view():
 
 def test_scene_bead_is_visible_next_to_metal(metal_view):
     rv, bead, _ = metal_view
-    k = int(np.argmin(np.linalg.norm(rv.uv_px - bead, axis=1)))
-    assert not rv.hidden[k]
-    assert not rv.clipped[k]
+    assert_visible(rv, bead)
     # the metal edge: pixels at the top of the image's range within 12 px of the bead
     u0, v0 = np.rint(bead).astype(int)
     win = rv.image[v0 - 12:v0 + 13, u0 - 12:u0 + 13]

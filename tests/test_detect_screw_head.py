@@ -28,7 +28,7 @@ shows on some machines.
 
 import numpy as np
 import pytest
-from phantom_views import assert_found, phantom_view
+from phantom_views import assert_found, assert_visible, phantom_view
 
 from rsa.detect import detect_beads
 
@@ -45,9 +45,7 @@ def screw_view():
 
 def test_scene_bead_is_visible(screw_view):
     rv, bead, _ = screw_view
-    k = int(np.argmin(np.linalg.norm(rv.uv_px - bead, axis=1)))
-    assert not rv.hidden[k]
-    assert not rv.clipped[k]
+    assert_visible(rv, bead)
 
 
 def test_no_escaped_fit_near_the_screw_head(screw_view):
