@@ -232,35 +232,35 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     """Refit beads with a blurred step (straight, then curved) in their background where the
     data ask for it.
 
-    An implant or cortical-bone edge under or next to a bead is not a quadratic; fitted as one
-    it pulls the centre towards or away from the edge by up to pixels. The step model (Φ of the
-    distance to a line, free amplitude, direction, position and width) is kept where it lowers
-    the weighted misfit by more than noise could: χ²₄ at p = 0.001, in units of the refit's
-    reduced χ² times the noise correlation's variance inflation. Candidates for the (costly)
-    non-linear refit are the ``flagged`` beads and every bead whose misfit already drops by a
-    quarter of that with the step at its start position and only the linear parameters solved (a
-    cheap, liberal screen); never the ``skip`` beads. Each centre stays within ``box_px`` (per
-    axis) of the plain fit's: with a strong curved edge in the window (a screw head) the step
-    fit can otherwise leave the window, the "bead" then modelling the edge (uniplanar spine
-    phantom seed 1, M06 view A: L5-05's fit moved 45 px with amplitude 373 against the plain
-    fit's 0.15, a false detection; tests/test_detect_screw_head.py). On another machine the same
-    fits ran into that bound (15.7 px off, held at the box): a fit whose centre ends on its box
-    has not converged on a bead and is not kept. (A bound on the distance moved cannot tell this
-    from a bead whose plain fit modelled the edge: uniplanar implant seed 0, M03 view B,
-    tibia-04's plain fit is 5 px off with amplitude 0.02, its step fit 0.008 px.) The final
-    plain fit is not bounded and can also leave its bead for the edge: where it ended far from
-    ``earlier`` (the candidate pass's fit: centre more than a pixel away, or amplitude changed
-    more than 2× either way), the step is also fitted from ``earlier`` and the fit of lower
-    misfit kept (uniplanar implant seed 0, Y01-DOUBLE view B, tibia-04, 8 px from a saturated
-    metal edge: the candidate pass found it 1.4 px off with amplitude 0.18, the final plain fit
-    went 2.4 px off with amplitude 0.02 and the step fit from there 9 px off, modelling noise;
-    the bead was lost). The edge is then let curve (:func:`rsa.detect_refine.edge_profile`, a
-    circle): kept over the straight step where that lowers the misfit by more than noise could
-    (χ²₁ at p = 0.001, same units), or over no step where the curved step passes the test that
-    the straight one failed (χ²₅): a straight step fitted to a curved edge (a screw head, a cup
-    rim) leaves misfit that pulls the bead. With ``typical`` = (log blur, radius) of the image's
-    clean beads, a step fit that traded radius for blur is fitted again from the typical shape
-    (:func:`_shape_restart`).
+    An implant or cortical-bone edge under or next to a bead is not a quadratic; fitted as one it
+    pulls the centre towards or away from the edge by up to pixels. The step model (Φ of the
+    distance to a line, free amplitude, direction, position and width) is kept where it lowers the
+    weighted misfit by more than noise could: χ²₄ at p = 0.001, in units of the refit's reduced χ²
+    times the noise correlation's variance inflation. Candidates for the (costly) non-linear refit
+    are the ``flagged`` beads, every bead whose misfit already drops by a quarter of that with the
+    step at its start position and only the linear parameters solved (a cheap, liberal screen), and,
+    with ``typical``, every plain fit that traded radius for blur (:func:`traded_radius_for_blur`);
+    never the ``skip`` beads. Each centre stays within ``box_px`` (per axis) of the plain fit's:
+    with a strong curved edge in the window (a screw head) the step fit can otherwise leave the
+    window, the "bead" then modelling the edge (uniplanar spine phantom seed 1, M06 view A: L5-05's
+    fit moved 45 px with amplitude 373 against the plain fit's 0.15, a false detection;
+    tests/test_detect_screw_head.py). On another machine the same fits ran into that bound (15.7 px
+    off, held at the box): a fit whose centre ends on its box has not converged on a bead and is not
+    kept. (A bound on the distance moved cannot tell this from a bead whose plain fit modelled the
+    edge: uniplanar implant seed 0, M03 view B, tibia-04's plain fit is 5 px off with amplitude
+    0.02, its step fit 0.008 px.) The final plain fit is not bounded and can also leave its bead for
+    the edge: where it ended far from ``earlier`` (the candidate pass's fit: centre more than a
+    pixel away, or amplitude changed more than 2× either way), the step is also fitted from
+    ``earlier`` and the fit of lower misfit kept (uniplanar implant seed 0, Y01-DOUBLE view B,
+    tibia-04, 8 px from a saturated metal edge: the candidate pass found it 1.4 px off with
+    amplitude 0.18, the final plain fit went 2.4 px off with amplitude 0.02 and the step fit from
+    there 9 px off, modelling noise; the bead was lost). The edge is then let curve
+    (:func:`rsa.detect_refine.edge_profile`, a circle): kept over the straight step where that
+    lowers the misfit by more than noise could (χ²₁ at p = 0.001, same units), or over no step where
+    the curved step passes the test that the straight one failed (χ²₅): a straight step fitted to a
+    curved edge (a screw head, a cup rim) leaves misfit that pulls the bead. With ``typical`` = (log
+    blur, radius) of the image's clean beads, a step fit that traded radius for blur is fitted again
+    from the typical shape (:func:`_shape_restart`).
 
     Returns the fits of all beads in the edge layout (no step: amplitude 0).
     """
@@ -275,6 +275,14 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
     m_lin = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
     cost_lin = np.einsum("nij,nij->n", w, (data - m_lin) ** 2)
     screen = (cost0 - cost_lin) / (np.maximum(r.chi2_red, 1e-300) * infl) > 0.25 * _EDGE_CHI2
+    if typical is not None:
+        # a plain fit blurrier (half again) and smaller than the image's typical bead has taken
+        # structure into its shape that the flags and the screen can miss: an edge through the
+        # bead, seen on neither side of it (uniplanar spine phantom seed 0, REF view A, noise
+        # draw 1: L4-07 unflagged, its linear screen at 0.15 of its threshold, blur 2.4× and
+        # radius 0.79× the typical, 0.48 px off; its step fit 0.04 px:
+        # tests/test_detect_blurred_edge.py)
+        screen |= traded_radius_for_blur(r.params, typical)
     if skip is not None:
         screen &= ~skip
         flagged = flagged & ~skip

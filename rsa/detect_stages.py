@@ -84,7 +84,6 @@ from rsa.detect_refits import (
     split_merged,
     structure,
     taper,
-    traded_radius_for_blur,
 )
 
 
@@ -439,15 +438,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     clean = ~near_edge & ~rescued & (r.params[:, IA] > 0)
     typical = ((float(np.median(r.params[clean, ILS])),
                 float(np.median(mean_radius(r.params[clean])))) if clean.sum() >= 3 else None)
-    # a plain fit blurrier (half again) and smaller than the image's typical bead has taken
-    # structure into its shape that the tests above can miss: an edge through the bead, seen on
-    # neither side of it (uniplanar spine phantom seed 0, REF view A, noise draw 1: L4-07
-    # unflagged, its linear screen at 0.15 of its threshold, blur 2.4× and radius 0.79× the
-    # typical, 0.48 px off; its step fit 0.04 px: tests/test_detect_blurred_edge.py). Such fits
-    # are refitted with the step too
-    step_try = (near_edge if typical is None
-                else near_edge | traded_radius_for_blur(r.params, typical))
-    r = edge_refit(r, data, inside, w, pu, pv, setup, rho, step_try, fx, opts.iterations,
+    r = edge_refit(r, data, inside, w, pu, pv, setup, rho, near_edge, fx, opts.iterations,
                    rescued, box_px=float(setup.half), earlier=p, typical=typical)
     if rescued.any():
         # the rescued beads' own fit (step, noise behind the implant), with the covariance

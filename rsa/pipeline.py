@@ -262,11 +262,16 @@ def measure_exam(exam: ExamSpec, subject: str, study: StudySpec, cage: Cage | No
 _FLOOR_MM = 0.005
 
 
+def _cle_sq(m: ExamMeasurement) -> np.ndarray:
+    """Per-bead CLE² (mm²); a point without a CLE counts as 1 mm off."""
+    return np.nan_to_num(m.cle_mm, nan=1.0) ** 2
+
+
 def _iso_variance(m: ExamMeasurement) -> np.ndarray:
     """Per-bead isotropic 3D variance (mm²) besides the propagated 2D uncertainty: the
     crossing-line error (the observed inconsistency of the bead's two rays, ISO 16087) and the
     floor."""
-    return _FLOOR_MM ** 2 + np.nan_to_num(m.cle_mm, nan=1.0) ** 2
+    return _FLOOR_MM ** 2 + _cle_sq(m)
 
 
 def _bead_sigma(m: ExamMeasurement) -> np.ndarray:
@@ -281,7 +286,7 @@ def _unlikely_variance(m: ExamMeasurement) -> np.ndarray:
     """Per-bead isotropic 3D variance (mm²) that the segment fits add to a point's covariance:
     the CLE² of a point whose two rays cross beyond their uncertainty (not ``likely``: its
     covariance is not to be trusted), 0 for every other point."""
-    return np.where(np.asarray(m.likely, bool), 0.0, np.nan_to_num(m.cle_mm, nan=1.0) ** 2)
+    return np.where(np.asarray(m.likely, bool), 0.0, _cle_sq(m))
 
 
 def _bead_cov(m: ExamMeasurement) -> np.ndarray:
