@@ -53,6 +53,31 @@ def neighbour_models(p: np.ndarray, pu: np.ndarray, pv: np.ndarray, setup: FitSe
     return out
 
 
+def overlapping(p: np.ndarray, setup: FitSetup) -> np.ndarray:
+    """Beads (N,) whose disc overlaps another's, as :func:`pair_refit` decides it (its pairs'
+    eligibility aside)."""
+    pairs = _close_pairs(p[:, [IU, IV]], 2.0 * setup.half + 1.0)
+    out = np.zeros(len(p), bool)
+    if len(pairs):
+        stepped = p[:, IEA] != 0.0 if p.shape[1] > NPAR else np.zeros(len(p), bool)
+        lone = np.setdiff1d(np.flatnonzero(~stepped), pairs.ravel())
+        out[pairs[overlap(p, pairs, lone)[0]].ravel()] = True
+    return out
+
+
+def overlap(p: np.ndarray, pairs: np.ndarray, lone: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which close ``pairs`` (K, 2) overlap (centres nearer than the sum of the radii), and
+    their distances. A fitted radius can sit at its lower bound with the blur taking up the
+    rest (the blur–radius trade-off): the typical radius of the ``lone`` beads (without
+    neighbours or step) counts too."""
+    rad = mean_radius(p)
+    if lone.size:
+        rad = np.maximum(rad, np.median(rad[lone]))
+    i, j = pairs[:, 0], pairs[:, 1]
+    gap = np.hypot(*(p[i][:, [IU, IV]] - p[j][:, [IU, IV]]).T)
+    return gap < rad[i] + rad[j], gap
+
+
 def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarray,
                pv: np.ndarray, setup: FitSetup, variance: tuple[np.ndarray, np.ndarray],
                rho: np.ndarray, fixed: tuple[int, ...], eligible: np.ndarray,
@@ -98,13 +123,9 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
     lone = np.setdiff1d(np.flatnonzero(eligible & ~stepped), pairs.ravel())
     if len(pairs) == 0 or lone.size < 3:
         return none
-    # a fitted radius can sit at its lower bound with the blur taking up the rest (the
-    # blur–radius trade-off): the typical radius of the beads without neighbours counts too
-    rad = mean_radius(p)
-    rad = np.maximum(rad, np.median(rad[lone]))
     i, j = pairs[:, 0], pairs[:, 1]
-    gap = np.hypot(*(p[i][:, [IU, IV]] - p[j][:, [IU, IV]]).T)
-    hit = (gap < rad[i] + rad[j]) & eligible[i] & eligible[j]
+    hit, gap = overlap(p, pairs, lone)
+    hit &= eligible[i] & eligible[j]
     if not hit.any():
         return none
     # each bead's closest overlapping neighbour is its partner

@@ -51,7 +51,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from rsa.detect_candidates import _close_pairs
-from rsa.detect_overlap import neighbour_models, pair_refit
+from rsa.detect_overlap import neighbour_models, overlapping, pair_refit
 from rsa.detect_refine import (
     IA,
     IE1,
@@ -79,6 +79,7 @@ from rsa.detect_refits import (
     blocked,
     edge_refit,
     edge_rescue,
+    line_restart,
     mean_radius,
     peak_contrast,
     split_merged,
@@ -488,6 +489,16 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         t[split] = 1.0 - blocked(r.params[split], pu[split], pv[split], setup)
         distorted = np.where(split, np.hypot(r.params[:, IE1], r.params[:, IE2])
                              > opts.max_ellipticity, distorted)
+        data = data[rows]
+    else:
+        split = np.zeros(len(r.params), bool)
+    # each kept step, now that the splits are decided, also from the edge line of least misfit
+    # across its window where that is another line (rsa.detect_refits.line_restart)
+    # (not a bead whose disc overlaps another's: its step may be fitting the neighbour, and
+    # the pair's joint fit below takes it)
+    r = line_restart(r, data, w, pu, pv, setup, rho, fx, opts.iterations,
+                       (r.params[:, IEA] != 0.0) & ~rescued & ~split
+                       & ~overlapping(r.params, setup))
     _, chi2, chi2_ring = structure(r, inside, w, pu, pv, setup, opts)
     ring_typical = np.median(chi2_ring)
     if opts.deblend:
