@@ -282,7 +282,7 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
         # bead, seen on neither side of it (uniplanar spine phantom seed 0, REF view A, noise
         # draw 1: L4-07 unflagged, its linear screen at 0.15 of its threshold, blur 2.4× and
         # radius 0.79× the typical, 0.48 px off; its step fit 0.04 px:
-        # tests/test_detect_blurred_edge.py)
+        # tests/test_detect_screw_edge_beads.py)
         screen |= traded_radius_for_blur(r.params, typical)
     if skip is not None:
         screen &= ~skip
@@ -408,7 +408,7 @@ def line_restart(r: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray,
     from its centre) ended at offset ≈ 8 px in 3 of 8 noise draws (v error +0.10 to
     +0.15 px) and at ≈ 1 px in the others (−0.03 px), a spread of 0.08 px against a
     Cramér–Rao bound of 0.010 px, and the ≈ 1 px minimum has the lower misfit in every draw
-    (tests/test_detect_edge_offset.py). Here the misfit is profiled over straight lines on a
+    (tests/test_detect_screw_edge_beads.py). Here the misfit is profiled over straight lines on a
     grid across the window (12 directions, offsets 1 px apart), the bead's shape and the
     step's width held and the linear parameters solved in closed form; where the least lies on
     another line (direction 15° or more apart, or offset more than 2 px) with less misfit than

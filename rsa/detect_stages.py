@@ -28,7 +28,11 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    bead; or screened by a cheap linear fit) are refitted with a blurred straight step in the
    background, then with its edge let curve, each kept where χ² drops by more than noise
    could; beads with misfit on their disc away from structure are tried as two overlapping
-   beads (joint fit, same kind of test) — both in :mod:`rsa.detect_refits`;
+   beads (joint fit, same kind of test) — both in :mod:`rsa.detect_refits`; then each kept
+   step (of a bead not split and not overlapping another) is fitted again from the straight
+   edge line of least misfit across its window, where that is another line and the refit's
+   misfit is lower (:func:`rsa.detect_refits.line_restart`: a step fitted to a screw's
+   square-root outline has more than one minimum);
 8. last, after every decision: each bead whose disc overlaps a neighbour's (split beads
    included) is refitted jointly with it, both with the image's typical shape
    (:func:`rsa.detect_overlap.pair_refit`; the alternating deblending of step 4 leaves such
