@@ -423,45 +423,12 @@ def line_restart(r: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray,
         return r
     p = r.params[k]
     n = k.size
-    y = data[k].reshape(n, -1)
-    wt = w[k].reshape(n, -1)
-    cu, cv = pu[k, setup.half], pv[k, setup.half]
-    du = (pu[k] - cu[:, None])[:, None, :]
-    dv = (pv[k] - cv[:, None])[:, :, None]
-    q = p.copy()
-    q[:, linear_params(q.shape[1])] = 0.0
-    q[:, IA] = 1.0
-    h = model_and_jacobian(q, pu[k], pv[k], cu, cv, setup, jac=False)[0]
-    shape = h.shape
-    du, dv = np.broadcast_to(du, shape), np.broadcast_to(dv, shape)
-    B0 = np.stack([h, np.ones(shape), du, dv, du * du * _QS, du * dv * _QS, dv * dv * _QS],
-                  axis=1).reshape(n, 7, -1)
     th = np.arange(12) * (np.pi / 12)
     off = np.arange(1 - setup.half, setup.half, dtype=float)
-    T, D = np.meshgrid(th, off, indexing="ij")
-    T, D = T.ravel(), D.ravel()
-    width = np.exp(p[:, IEW])[:, None, None]
-    dist = (np.cos(T)[None, :, None] * du.reshape(n, 1, -1)
-            + np.sin(T)[None, :, None] * dv.reshape(n, 1, -1) - D[None, :, None])
-    E = ndtr(dist / width)                                           # (n, G, P)
-    Bw = B0 * wt[:, None, :]
-    A0 = Bw @ np.swapaxes(B0, 1, 2)                                  # (n, 7, 7)
-    b0 = Bw @ y[:, :, None]                                          # (n, 7, 1)
-    c = np.einsum("nkp,ngp->ngk", Bw, E)                             # (n, G, 7)
-    Ew = E * wt[:, None, :]
-    ee = (Ew * E).sum(-1)
-    ey = (Ew * y[:, None, :]).sum(-1)
-    g = T.size
-    M = np.empty((n, g, 8, 8))
-    M[:, :, :7, :7] = A0[:, None]
-    M[:, :, :7, 7] = c
-    M[:, :, 7, :7] = c
-    M[:, :, 7, 7] = ee
-    M += 1e-9 * np.eye(8) * np.maximum(np.diagonal(M, axis1=2, axis2=3).max(-1),
-                                       1e-300)[..., None, None]
-    rhs = np.concatenate([np.broadcast_to(b0[:, None, :, 0], (n, g, 7)), ey[..., None]], -1)
-    cost = (wt * y * y).sum(-1)[:, None] - (rhs * np.linalg.solve(M, rhs[..., None])[..., 0]
-                                            ).sum(-1)
+    T, D = (x.ravel() for x in np.meshgrid(th, off, indexing="ij"))
+    # in chunks of rows: the grid's step images are (rows, lines, pixels)
+    cost = np.concatenate([_line_costs(p[c], data[k[c]], w[k[c]], pu[k[c]], pv[k[c]], setup,
+                                       T, D) for c in np.array_split(np.arange(n), -(-n // 16))])
     at = np.arange(n)
     best = np.argmin(cost, axis=1)
     # the grid line nearest the fit's (θ and θ + π are one line, the offset's sign flipped)
@@ -477,7 +444,7 @@ def line_restart(r: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray,
     i = np.flatnonzero(other & (cost[at, best] < cost[at, here]))
     if not i.size:
         return r
-    start = q[i].copy()
+    start = p[i].copy()
     start[:, IET], start[:, IED], start[:, IEK] = T[best[i]], D[best[i]], 0.0
     j = k[i]
     start = linear_init(start, data[j], w[j], pu[j], pv[j], pu[j, setup.half],
@@ -496,6 +463,42 @@ def line_restart(r: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray,
         better = _lower_misfit(out, j[sel], e) & (moved < setup.half - 0.01)
         out = _scatter(out, j[sel][better], e, better)
     return out
+
+
+def _line_costs(p: np.ndarray, data: np.ndarray, w: np.ndarray, pu: np.ndarray,
+                pv: np.ndarray, setup: FitSetup, T: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Weighted misfit (N, G) of each bead ``p`` (shape held) with a straight step of its own
+    width along each line (direction ``T``, offset ``D`` from the window centre), the linear
+    parameters (amplitude, quadratic background, step) solved in closed form."""
+    n = len(p)
+    y = data.reshape(n, -1)
+    wt = w.reshape(n, -1)
+    cu, cv = pu[:, setup.half], pv[:, setup.half]
+    q = p.copy()
+    q[:, linear_params(q.shape[1])] = 0.0
+    q[:, IA] = 1.0
+    h = model_and_jacobian(q, pu, pv, cu, cv, setup, jac=False)[0]
+    du = np.broadcast_to((pu - cu[:, None])[:, None, :], h.shape)
+    dv = np.broadcast_to((pv - cv[:, None])[:, :, None], h.shape)
+    B0 = np.stack([h, np.ones(h.shape), du, dv, du * du * _QS, du * dv * _QS, dv * dv * _QS],
+                  axis=1).reshape(n, 7, -1)
+    dist = (np.cos(T)[None, :, None] * du.reshape(n, 1, -1)
+            + np.sin(T)[None, :, None] * dv.reshape(n, 1, -1) - D[None, :, None])
+    E = ndtr(dist / np.exp(p[:, IEW])[:, None, None])               # (n, G, P)
+    Bw = B0 * wt[:, None, :]
+    Ew = E * wt[:, None, :]
+    g = T.size
+    # normal equations of [B0, E_g] per line g, bordered by the step's column
+    M = np.empty((n, g, 8, 8))
+    M[:, :, :7, :7] = (Bw @ np.swapaxes(B0, 1, 2))[:, None]
+    M[:, :, :7, 7] = M[:, :, 7, :7] = np.einsum("nkp,ngp->ngk", Bw, E)
+    M[:, :, 7, 7] = (Ew * E).sum(-1)
+    M += 1e-9 * np.eye(8) * np.maximum(np.diagonal(M, axis1=2, axis2=3).max(-1),
+                                       1e-300)[..., None, None]
+    rhs = np.concatenate([np.broadcast_to((Bw @ y[:, :, None])[:, None, :, 0], (n, g, 7)),
+                          (Ew * y[:, None, :]).sum(-1)[..., None]], -1)
+    return (wt * y * y).sum(-1)[:, None] - (rhs * np.linalg.solve(M, rhs[..., None])[..., 0]
+                                            ).sum(-1)
 
 
 def _scatter(a: FitResult, rows: np.ndarray, b: FitResult, take: np.ndarray) -> FitResult:
