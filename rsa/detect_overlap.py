@@ -59,10 +59,14 @@ def overlapping(p: np.ndarray, setup: FitSetup) -> np.ndarray:
     pairs = _close_pairs(p[:, [IU, IV]], 2.0 * setup.half + 1.0)
     out = np.zeros(len(p), bool)
     if len(pairs):
-        stepped = p[:, IEA] != 0.0 if p.shape[1] > NPAR else np.zeros(len(p), bool)
-        lone = np.setdiff1d(np.flatnonzero(~stepped), pairs.ravel())
+        lone = np.setdiff1d(np.flatnonzero(~_stepped(p)), pairs.ravel())
         out[pairs[overlap(p, pairs, lone)[0]].ravel()] = True
     return out
+
+
+def _stepped(p: np.ndarray) -> np.ndarray:
+    """Beads (N,) whose background has a step (edge layout, amplitude ≠ 0)."""
+    return p[:, IEA] != 0.0 if p.shape[1] > NPAR else np.zeros(len(p), bool)
 
 
 def overlap(p: np.ndarray, pairs: np.ndarray, lone: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +123,7 @@ def pair_refit(r: FitResult, data0: np.ndarray, inside: np.ndarray, pu: np.ndarr
     p = r.params
     pairs = _close_pairs(p[:, [IU, IV]], 2.0 * setup.half + 1.0)
     none = np.zeros(0, np.intp), None, np.zeros((0,) + inside.shape[1:])
-    stepped = p[:, IEA] != 0.0 if p.shape[1] > NPAR else np.zeros(len(p), bool)
+    stepped = _stepped(p)
     lone = np.setdiff1d(np.flatnonzero(eligible & ~stepped), pairs.ravel())
     if len(pairs) == 0 or lone.size < 3:
         return none

@@ -316,8 +316,7 @@ def edge_refit(r: FitResult, data: np.ndarray, inside: np.ndarray, w: np.ndarray
         ok |= curved
         # a fit whose centre ended on its box is held there, not converged on a bead: it was
         # leaving the window for the edge. Not kept
-        moved = np.abs(e.params[:, [IU, IV]] - start).max(axis=1)
-        ok &= moved < box_px - 0.01
+        ok &= _within_box(e.params, start, box_px)
         k = idx[ok]
         p[k], cov[k], model[k], resid[k], chi2[k] = (e.params[ok], e.cov_uv[ok], e.model[ok],
                                                      e.resid[ok], e.chi2_red[ok])
@@ -431,15 +430,12 @@ def line_restart(r: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray,
                                        T, D) for c in np.array_split(np.arange(n), -(-n // 16))])
     at = np.arange(n)
     best = np.argmin(cost, axis=1)
-    # the grid line nearest the fit's (θ and θ + π are one line, the offset's sign flipped)
-    t0 = np.mod(p[:, IET], 2.0 * np.pi)
-    flip = t0 >= np.pi
-    t0 = np.where(flip, t0 - np.pi, t0)
-    d0 = np.where(flip, -p[:, IED], p[:, IED])
-    ti = np.rint(t0 / (np.pi / 12)).astype(int)
-    d0 = np.where(ti == 12, -d0, d0)
-    here = (ti % 12) * off.size + np.argmin(np.abs(off[None, :] - d0[:, None]), axis=1)
-    dth = np.abs(np.mod(T[best] - th[ti % 12] + 0.5 * np.pi, np.pi) - 0.5 * np.pi)
+    # the grid line nearest the fit's: θ + π is the same line with the offset's sign flipped
+    turns = np.rint(p[:, IET] / (np.pi / 12)).astype(int)
+    ti = turns % 12
+    d0 = np.where((turns // 12) % 2 == 1, -p[:, IED], p[:, IED])
+    here = ti * off.size + np.argmin(np.abs(off[None, :] - d0[:, None]), axis=1)
+    dth = np.abs(np.mod(T[best] - th[ti] + 0.5 * np.pi, np.pi) - 0.5 * np.pi)
     other = (dth > np.radians(14.9)) | (np.abs(D[best] - D[here]) > 2.0)
     i = np.flatnonzero(other & (cost[at, best] < cost[at, here]))
     if not i.size:
@@ -458,9 +454,7 @@ def line_restart(r: FitResult, data: np.ndarray, w: np.ndarray, pu: np.ndarray,
         e = fit(start[sel], data[j[sel]], w[j[sel]], pu[j[sel]], pv[j[sel]], setup,
                 iterations=iterations, rho=rho, fixed=fixed, curved=bend,
                 box=(box[0][sel], box[1]), init_linear=False)
-        # a fit whose centre ended on its box was leaving the window for the edge (edge_refit)
-        moved = np.abs(e.params[:, [IU, IV]] - box[0][sel]).max(axis=1)
-        better = _lower_misfit(out, j[sel], e) & (moved < setup.half - 0.01)
+        better = _lower_misfit(out, j[sel], e) & _within_box(e.params, box[0][sel], box[1])
         out = _scatter(out, j[sel][better], e, better)
     return out
 
@@ -499,6 +493,12 @@ def _line_costs(p: np.ndarray, data: np.ndarray, w: np.ndarray, pu: np.ndarray,
                           (Ew * y[:, None, :]).sum(-1)[..., None]], -1)
     return (wt * y * y).sum(-1)[:, None] - (rhs * np.linalg.solve(M, rhs[..., None])[..., 0]
                                             ).sum(-1)
+
+
+def _within_box(params: np.ndarray, start: np.ndarray, box_px: float) -> np.ndarray:
+    """Fits whose centre did not end on its box (``box_px`` per axis around ``start``): one
+    that did was held there, leaving the window for an edge, not converged on a bead."""
+    return np.abs(params[:, [IU, IV]] - start).max(axis=1) < box_px - 0.01
 
 
 def _scatter(a: FitResult, rows: np.ndarray, b: FitResult, take: np.ndarray) -> FitResult:
