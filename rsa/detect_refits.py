@@ -587,9 +587,10 @@ def edge_rescue(p0: np.ndarray, data: np.ndarray, inside: np.ndarray,
     last round. The weights depend on the background, not on the bead alone, so they are not
     symmetric about the centre; and the model adds the step to the bead in the display, while
     the detector blur acts on the quanta after the implant has attenuated them. A bias along
-    the edge normal remains (0.1–0.45 px on the phantom's stems, 0.1–0.2 px on a titanium
-    plate of 2.8 ln-attenuation: tests/test_detect_edge.py); the caller flags these beads and
-    widens their uncertainty.
+    the edge normal remains (0.1–0.2 px on a titanium plate of 2.8 ln-attenuation:
+    tests/test_detect_edge.py; 0.02–0.08 px on the biplanar implant phantom's tray, held at the
+    patient beads' shape: tests/test_detect_tray_edge_beads.py); the caller flags these beads
+    and widens their uncertainty.
     """
     cu, cv = pu[:, setup.half], pv[:, setup.half]
     fx = tuple(fixed) + RESCUE_FIXED

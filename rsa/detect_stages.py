@@ -18,7 +18,9 @@ batched Levenberg–Marquardt solver are in :mod:`rsa.detect_refine`. Steps:
    SNR test with a typical amplitude (flagged occluded, uncertainty widened along the edge
    normal); a failed rescue that found a step and part of a bead starts once more a typical
    radius along the step's normal, the way it moved (next to a strong edge a bead's LoG peak
-   can lie on the edge, beyond the rescue's box); removal of duplicates;
+   can lie on the edge, beyond the rescue's box); a rescued bead's last fit, after step 6, holds
+   the shape of the clean beads nearest to it (the image's typical bead is mostly a cage
+   marker's, smaller than the patient's); removal of duplicates;
 6. final weighted pass: pixel variance as a function of the modelled transmission (pooled,
    from the residuals), the sandwich covariance under the image's noise correlation (detector
    blur, from the noise itself), scaled per bead by its reduced χ² and the misfit around it,
@@ -174,10 +176,11 @@ def _local_typical(p: np.ndarray, at: np.ndarray, cols: tuple[int, ...],
     A bead's projected radius and blur scale with its magnification, and in an RSA image that
     ranges over ≈ 1.25× (cage markers near the detector or the tubes, the patient's beads in
     between), so the image-wide median is the cage's bead: on the bundled phantoms the patient's
-    beads are 16–18 % larger than the cage markers' median, and a half-hidden bead fitted with
-    that radius is placed too close to its visible rim (0.2–0.3 px; uniplanar spine and biplanar
-    implant studies). Beads of one segment lie together in the image and at one depth, so the
-    nearest accepted beads are mostly of the same magnification."""
+    projected diameters (median 9.7 px uniplanar, 10.5 px biplanar) exceed the cage markers'
+    median (8.2 px, 9.0 px) by 16–19 %. A half-hidden bead fitted with the cage's radius is placed
+    too close to its visible rim: 0.36–0.73 px on the biplanar implant's tray
+    (tests/test_detect_tray_edge_beads.py). Beads of one segment lie together in the image and
+    at one depth, so the nearest accepted beads are mostly of the same magnification."""
     tree = cKDTree(p[:, [IU, IV]])
     _, idx = tree.query(at, k=min(k, len(p)))
     idx = idx.reshape(len(at), -1)
@@ -562,8 +565,9 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
                   + opts.model_error_px ** 2)
     # a rescued bead's model leaves out how the implant edge is imaged: the detector blur (σ_d,
     # from the noise correlation) acts on the quanta after the implant has attenuated them, so
-    # the half-hidden bead is shifted along the edge normal by up to about σ_d (0.1–0.2 px on a
-    # 2.8 ln-attenuation plate, 0.1–0.45 px on the phantom's stems, σ_d ≈ 0.6 px): added there
+    # the half-hidden bead is shifted along the edge normal by up to about σ_d (σ_d ≈ 0.6 px;
+    # measured 0.1–0.2 px on a 2.8 ln-attenuation plate, 0.02–0.08 px on the biplanar implant
+    # phantom's tray): added there, a bound rather than a standard uncertainty
     n_edge = np.stack([np.cos(p[:, IET]), np.sin(p[:, IET])], 1) * s_det
     sig = np.where(rescued[:, None], np.hypot(sig, n_edge), sig)
     H, Wd = work.shape
