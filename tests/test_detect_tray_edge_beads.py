@@ -9,12 +9,13 @@ typical radius and blur: the median of its accepted beads, and those are mostly 
 whose projected diameters (median 9.0 px in these views) are 14–16 % smaller than the patient
 beads' (10.2–10.8 px). With half the disc hidden, the visible rim fixes where the disc ends, so
 a radius too small placed the centre too close to that rim: 0.36–0.73 px off, the same in every
-noise draw (a bias, 30–50 CRLB; draws 0–2 of the cases below). The last fit of each rescued bead
+noise draw (a bias; draws 0–2 of the cases below; seed 0 REF B tibia-07 was 0.55 px off against
+a bound of 0.015 px from the injected noise, its CRLB). The last fit of each rescued bead
 now holds the shape of the clean beads nearest to it in the image, which are the patient's:
 0.02–0.08 px off in draw 0 (0.01–0.09 px over draws 0–2).
 
-Bound: 0.2 px, twice the largest error measured with the fix (the noise alone is 0.01–0.015 px
-here, the bound on it from the injected noise) and half the smallest without it.
+Bound: 0.2 px, about twice the largest error measured with the fix (the noise alone is
+0.01–0.015 px here: seed 0's CRLB) and about half the smallest without it.
 """
 
 import numpy as np
