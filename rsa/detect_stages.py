@@ -315,6 +315,8 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
     # first pass with the centres held near the candidates and each window cut at the
     # mid-line to any close candidate (Voronoi): a bead and its touching neighbour must not
     # merge into one elongated fit before deblending separates them
+    # each candidate's fit is held within this box (px per axis) around the candidate
+    cbox = max(1.0 + cstep, 0.25 * r_lo)
     own = inside.copy()
     cp = _close_pairs(cuv.astype(float), 2.5 * r_hi)
     if len(cp):
@@ -325,7 +327,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
             + (pv[i][:, :, None] - cuv[j, 1, None, None]) ** 2
         np.multiply.at(own, i, (di <= dj).astype(float))
     res = irls(p0, data0, own, pu, pv, 1, opts.iterations,
-               box=(cuv.astype(float), max(1.0 + cstep, 0.25 * r_lo)))
+               box=(cuv.astype(float), cbox))
     p, model, resid, chi2r = res.params, res.model.copy(), res.resid.copy(), res.chi2_red.copy()
     # second start for fits far from the typical shape (local minima of the radius–blur–
     # amplitude trade-off): restart from the typical radius and blur, keep the better fit
@@ -342,7 +344,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
             q[:, ILS] = np.median(ls)
             q[:, IE1] = q[:, IE2] = 0.0
             r2 = irls(q, data0[odd], own[odd], pu[odd], pv[odd], 1, opts.iterations // 2,
-                      box=(cuv[odd].astype(float), max(1.0 + cstep, 0.25 * r_lo)))
+                      box=(cuv[odd].astype(float), cbox))
             better = odd[r2.chi2_red < chi2r[odd]]
             sel = r2.chi2_red < chi2r[odd]
             p[better], model[better], resid[better], chi2r[better] = (
@@ -400,7 +402,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
         q[:, IR], q[:, ILS] = np.median(p[good, IR]), np.median(p[good, ILS])
         q[:, IE1] = q[:, IE2] = 0.0
         a_typ = float(np.median(p[good, IA]))
-        args = (work, setup, fx, eps, log_display, opts, a_typ, max(1.0 + cstep, 0.25 * r_lo))
+        args = (work, setup, fx, eps, log_display, opts, a_typ, cbox)
         # from the candidates, in their windows (neighbours subtracted) ...
         pe, snr_e, ok, _ = _rescue(q, cuv[fail], *args,
                                    windows=(data[fail], inside[fail], pu[fail], pv[fail]))
@@ -485,7 +487,7 @@ def refine_candidates(work: np.ndarray, cuv: np.ndarray, crad: np.ndarray, croun
             q[:, IR], q[:, ILS] = _local_typical(r.params[clean], q[:, [IU, IV]], (IR, ILS))
         e, w[i] = edge_rescue(q, data[i], inside[i], var_r, pu_r, pv_r, setup, fx,
                               4, eps, log_display, rho=rho, rounds=1,
-                              box=(q[:, [IU, IV]], max(1.0 + cstep, 0.25 * r_lo)))
+                              box=(q[:, [IU, IV]], cbox))
         for name in ("params", "cov_uv", "model", "resid", "chi2_red"):
             getattr(r, name)[i] = getattr(e, name)
     # the transmission of each bead as now fitted (the final and edge fits change shapes)
